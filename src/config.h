@@ -1,0 +1,129 @@
+/* config — the INI file, parsed with inih into one immutable struct config.
+ *
+ * Section shapes (see docs/sallyport.conf.5 for the full reference):
+ *   [global]                 log_level, user, timeouts, limits
+ *   [certificate NAME]       cert, key, default
+ *   [listener NAME]          service (default: NAME when it is a service word),
+ *                            address, mode, hostname
+ *   [backend NAME]           host, one key per service word, ca, verify, tls_name
+ *   [route NAME]             sni, backend
+ *   [mailbox NAME]           address, tls, cert, key, maildir, users, hostname,
+ *                            max_message_size; also usable as "backend = NAME"
+ *
+ * Every error is reported as "file:line: key: what is wrong" (key is the
+ * section name for section-level errors), and loading goes on to find them all.
+ * Certificates are loaded (and checked against their keys) during loading. */
+#ifndef SALLYPORT_CONFIG_H
+#define SALLYPORT_CONFIG_H
+
+#include <openssl/ssl.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdio.h>
+
+#include "log.h"
+#include "service.h"
+#include "sock.h"
+
+enum listen_mode { MODE_TERMINATE, MODE_PASSTHROUGH };
+
+struct cfg_global {
+    enum log_level log_level;   /* log_level = info */
+    char *user;                 /* user = (none): drop to this user after binding */
+    unsigned plaintext_timeout; /* seconds, default 60: cleartext phase */
+    unsigned handshake_timeout; /* seconds, default 30: each TLS handshake */
+    unsigned connect_timeout;   /* seconds, default 10: backend connect + prelude */
+    unsigned idle_timeout;      /* seconds, default 600: relay with no bytes either way */
+    unsigned max_errors;        /* default 10: bad commands before "421" */
+    unsigned max_connections;   /* default 1024: concurrent client sessions */
+};
+
+struct cfg_certificate {
+    char *name;
+    int line;
+    char *cert; /* path of the PEM chain */
+    char *key;  /* path of the PEM key */
+    bool is_default;
+    SSL_CTX *ctx; /* loaded and key-checked; owned by the config until taken */
+};
+
+struct cfg_listener {
+    char *name;
+    int line;
+    enum service service;
+    char *address;         /* as written, or the default "[::]:<standard port>" */
+    struct sock_addr addr; /* resolved */
+    enum listen_mode mode; /* mode = terminate */
+    char *hostname;        /* hostname = the machine's host name */
+};
+
+/* Where one service of a backend lives. */
+struct endpoint {
+    bool set;
+    int line;
+    char host[256]; /* host part as written, for logs and the default TLS name */
+    enum tls_flavour tls;
+    struct sock_addr addr; /* resolved at load time */
+};
+
+struct cfg_mailbox {
+    char *name;
+    int line;
+    char *address; /* required */
+    struct sock_addr addr;
+    enum tls_flavour tls; /* tls = plain */
+    char *cert;           /* required unless tls = plain */
+    char *key;
+    SSL_CTX *ctx; /* loaded when tls != plain */
+    char *maildir;  /* required; created (with tmp/ new/ cur/) at start-up */
+    char *users;    /* optional: "user:crypt-hash" lines; AUTH required when set */
+    char *hostname; /* default: the machine's host name */
+    size_t max_message_size; /* bytes, default 52428800 (50 MiB) */
+};
+
+struct cfg_backend {
+    char *name;
+    int line;
+    struct endpoint endpoints[SERVICE_COUNT];
+    char *ca;       /* ca = (system store) */
+    bool verify;    /* verify = yes */
+    char *tls_name; /* tls_name = (the endpoint's host) */
+    /* Non-NULL when this backend is an embedded mailbox ([mailbox NAME] makes
+     * one backend of the same name, every SMTP service at its address). */
+    const struct cfg_mailbox *mailbox;
+};
+
+#define ROUTE_MAX_NAMES 64
+
+struct cfg_route {
+    char *name;
+    int line;
+    char *sni[ROUTE_MAX_NAMES]; /* lower-cased; "*.example.com" wildcards; "*" = default */
+    size_t nsni;
+    const struct cfg_backend *backend;
+};
+
+struct config {
+    char *file;
+    struct cfg_global global;
+    struct cfg_certificate *certificates;
+    size_t ncertificates;
+    struct cfg_listener *listeners;
+    size_t nlisteners;
+    struct cfg_backend *backends; /* mailbox backends included */
+    size_t nbackends;
+    struct cfg_route *routes;
+    size_t nroutes;
+    struct cfg_mailbox *mailboxes;
+    size_t nmailboxes;
+};
+
+/* Reads and validates `path`. On success returns the config and leaves
+ * *nerrors at 0. On failure returns NULL, prints every error to `errors` as
+ * "file:line: key: what is wrong" and sets *nerrors. */
+struct config *config_load(const char *path, FILE *errors, int *nerrors);
+
+/* Frees the config, including certificate contexts still owned by it. */
+void config_free(struct config *config);
+
+#endif

@@ -1,0 +1,148 @@
+#include <errno.h>
+#include <openssl/err.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "conn.h"
+
+void conn_init(struct conn *c, int fd)
+{
+    c->fd = fd;
+    c->ssl = NULL;
+    c->error[0] = '\0';
+}
+
+void conn_start_tls(struct conn *c, SSL *ssl)
+{
+    c->ssl = ssl;
+    SSL_set_fd(ssl, c->fd);
+}
+
+/* Records the OpenSSL error queue (or errno) as the conn's error text. */
+static void record_ssl_error(struct conn *c, int ssl_err)
+{
+    unsigned long e = ERR_peek_last_error();
+    if (e != 0) {
+        char text[120];
+        ERR_error_string_n(e, text, sizeof text);
+        const char *reason = ERR_reason_error_string(e);
+        snprintf(c->error, sizeof c->error, "%s", reason ? reason : text);
+    } else if (ssl_err == SSL_ERROR_SYSCALL && errno != 0) {
+        snprintf(c->error, sizeof c->error, "%s", strerror(errno));
+    } else if (ssl_err == SSL_ERROR_SYSCALL) {
+        snprintf(c->error, sizeof c->error, "unexpected EOF");
+    } else {
+        snprintf(c->error, sizeof c->error, "TLS error %d", ssl_err);
+    }
+    ERR_clear_error();
+}
+
+/* Maps SSL_get_error() to a conn_result: the single place that does so. */
+static int map_ssl_result(struct conn *c, int ret)
+{
+    int err = SSL_get_error(c->ssl, ret);
+    switch (err) {
+    case SSL_ERROR_WANT_READ:
+        return CONN_WANT_READ;
+    case SSL_ERROR_WANT_WRITE:
+        return CONN_WANT_WRITE;
+    case SSL_ERROR_ZERO_RETURN:
+        return CONN_EOF;
+    default:
+        record_ssl_error(c, err);
+        return CONN_ERROR;
+    }
+}
+
+ssize_t conn_read(struct conn *c, void *buf, size_t len)
+{
+    if (c->ssl) {
+        ERR_clear_error();
+        errno = 0;
+        size_t got = 0;
+        int ret = SSL_read_ex(c->ssl, buf, len, &got);
+        if (ret == 1)
+            return (ssize_t)got;
+        return map_ssl_result(c, ret);
+    }
+    for (;;) {
+        ssize_t n = recv(c->fd, buf, len, 0);
+        if (n > 0)
+            return n;
+        if (n == 0)
+            return CONN_EOF;
+        if (errno == EINTR)
+            continue;
+        if (errno == EAGAIN || errno == EWOULDBLOCK)
+            return CONN_WANT_READ;
+        snprintf(c->error, sizeof c->error, "%s", strerror(errno));
+        return CONN_ERROR;
+    }
+}
+
+ssize_t conn_write(struct conn *c, const void *buf, size_t len)
+{
+    if (c->ssl) {
+        ERR_clear_error();
+        errno = 0;
+        size_t put = 0;
+        int ret = SSL_write_ex(c->ssl, buf, len, &put);
+        if (ret == 1)
+            return (ssize_t)put;
+        return map_ssl_result(c, ret);
+    }
+    for (;;) {
+        ssize_t n = send(c->fd, buf, len, MSG_NOSIGNAL);
+        if (n >= 0)
+            return n > 0 ? n : CONN_WANT_WRITE;
+        if (errno == EINTR)
+            continue;
+        if (errno == EAGAIN || errno == EWOULDBLOCK)
+            return CONN_WANT_WRITE;
+        snprintf(c->error, sizeof c->error, "%s", strerror(errno));
+        return CONN_ERROR;
+    }
+}
+
+int conn_handshake(struct conn *c)
+{
+    ERR_clear_error();
+    errno = 0;
+    int ret = SSL_do_handshake(c->ssl);
+    if (ret == 1)
+        return CONN_DONE;
+    int r = map_ssl_result(c, ret);
+    if (r == CONN_EOF) {
+        snprintf(c->error, sizeof c->error, "peer closed during handshake");
+        return CONN_ERROR;
+    }
+    return r;
+}
+
+bool conn_pending(const struct conn *c)
+{
+    return c->ssl && SSL_pending(c->ssl) > 0;
+}
+
+void conn_close(struct conn *c)
+{
+    if (c->ssl) {
+        ERR_clear_error();
+        if (SSL_is_init_finished(c->ssl))
+            SSL_shutdown(c->ssl); /* best effort close_notify; never waits */
+        SSL_free(c->ssl);
+        c->ssl = NULL;
+        ERR_clear_error();
+    }
+    if (c->fd >= 0) {
+        close(c->fd);
+        c->fd = -1;
+    }
+}
+
+const char *conn_error(const struct conn *c)
+{
+    return c->error[0] ? c->error : "unknown error";
+}

@@ -1,0 +1,55 @@
+/* conn — one socket, raw or TLS, behind one small interface.
+ *
+ * Protocol code never calls OpenSSL: it reads and writes a conn. The
+ * SSL_get_error() mapping to want-read / want-write lives only in conn.c, and
+ * ERR_clear_error() is called before every SSL call (see STYLE.md, Redis). */
+#ifndef SALLYPORT_CONN_H
+#define SALLYPORT_CONN_H
+
+#include <openssl/ssl.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <sys/types.h>
+
+/* Negative results of conn_read/conn_write/conn_handshake. */
+enum conn_result {
+    CONN_DONE = 0,         /* conn_handshake: finished */
+    CONN_WANT_READ = -1,   /* retry when the socket is readable */
+    CONN_WANT_WRITE = -2,  /* retry when the socket is writable */
+    CONN_EOF = -3,         /* the peer closed (TLS: close_notify or TCP FIN) */
+    CONN_ERROR = -4,       /* fatal; conn_error() says why */
+};
+
+struct conn {
+    int fd;   /* owned; -1 when closed */
+    SSL *ssl; /* owned; NULL while the conn is raw */
+    char error[160];
+};
+
+void conn_init(struct conn *c, int fd);
+
+/* Starts TLS on the conn: `ssl` is owned by the conn from here on. The caller
+ * has already set it up as client or server. */
+void conn_start_tls(struct conn *c, SSL *ssl);
+
+/* Reads up to `len` bytes. Returns >0 bytes read or a negative conn_result. */
+ssize_t conn_read(struct conn *c, void *buf, size_t len);
+
+/* Writes up to `len` bytes. Returns >0 bytes written or a negative conn_result.
+ * With TLS, a retried write must pass the same buffer (partial writes on). */
+ssize_t conn_write(struct conn *c, const void *buf, size_t len);
+
+/* Advances the TLS handshake: CONN_DONE, CONN_WANT_READ/WRITE or CONN_ERROR. */
+int conn_handshake(struct conn *c);
+
+/* True if TLS holds decrypted bytes not yet read (the socket may not poll
+ * readable for them). */
+bool conn_pending(const struct conn *c);
+
+/* Sends close_notify if TLS, then closes the socket. Safe to call twice. */
+void conn_close(struct conn *c);
+
+/* Human-readable reason of the last CONN_ERROR. */
+const char *conn_error(const struct conn *c);
+
+#endif

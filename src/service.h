@@ -1,0 +1,37 @@
+/* service — the RFC 6186 / RFC 8314 service words a listener offers and a
+ * backend provides: protocol, TLS flavour and standard port in one name. */
+#ifndef SALLYPORT_SERVICE_H
+#define SALLYPORT_SERVICE_H
+
+#include <stdint.h>
+
+enum proto { PROTO_SMTP, PROTO_COUNT };
+
+enum tls_flavour {
+    TLS_PLAIN,    /* cleartext, no TLS at all (backends only) */
+    TLS_IMPLICIT, /* TLS from the first byte (465, 993, 995) */
+    TLS_STARTTLS, /* cleartext dialogue, then STARTTLS (587, 143, 110, 4190) */
+};
+
+enum service { SERVICE_SUBMISSIONS, SERVICE_SUBMISSION, SERVICE_COUNT };
+
+struct service_info {
+    const char *name; /* "submissions" */
+    enum proto proto;
+    enum tls_flavour tls; /* the flavour clients expect on this service */
+    uint16_t port;        /* the standard port */
+};
+
+const struct service_info *service_info(enum service service);
+
+/* Returns 0 and sets *out if `name` is a service word, else -1. */
+int service_parse(const char *name, enum service *out);
+
+const char *tls_flavour_name(enum tls_flavour flavour);
+
+/* Parses "plain", "implicit" or "starttls"; returns 0, or -1 if unknown. */
+int tls_flavour_parse(const char *text, enum tls_flavour *out);
+
+const char *proto_name(enum proto proto);
+
+#endif

@@ -1,0 +1,38 @@
+/* sock — socket helpers: address parsing, listening and connecting, all
+ * non-blocking and close-on-exec. */
+#ifndef SALLYPORT_SOCK_H
+#define SALLYPORT_SOCK_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/socket.h>
+
+struct sock_addr {
+    struct sockaddr_storage ss;
+    socklen_t len;
+};
+
+/* Parses "host:port", "[v6]:port", "*:port" (all addresses, dual-stack) or a
+ * bare "port", resolving host names with getaddrinfo (first result). A missing
+ * port takes `default_port` (0 = required). Returns 0, or -1 with a reason in
+ * err ("port out of range", "cannot resolve mx.example: ..."). Also writes the
+ * host part (without brackets) into host (size hostlen) when host is non-NULL. */
+int sock_addr_parse(const char *text, uint16_t default_port, struct sock_addr *out, char *host,
+                    size_t hostlen, char *err, size_t errlen);
+
+/* Formats an address as "1.2.3.4:25" or "[::1]:25" into out. Returns out. */
+char *sock_addr_format(const struct sockaddr *sa, char *out, size_t outlen);
+
+/* Creates a non-blocking listening socket bound to addr (SO_REUSEADDR; IPv6
+ * wildcard is dual-stack). Returns the fd, or -1 with the reason in err. */
+int sock_listen(const struct sock_addr *addr, char *err, size_t errlen);
+
+/* Starts a non-blocking connect. Returns the fd (connection in progress or
+ * done), or -1 with errno set. */
+int sock_connect(const struct sock_addr *addr);
+
+/* After a connect completes (socket writable), returns 0 or the errno value
+ * of the failure. */
+int sock_connect_result(int fd);
+
+#endif

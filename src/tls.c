@@ -1,0 +1,278 @@
+#include <ctype.h>
+#include <openssl/err.h>
+#include <openssl/x509v3.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "tls.h"
+
+/* AEAD, forward-secret suites for TLS 1.2; TLS 1.3 suites are all fine. */
+#define TLS12_CIPHERS "ECDHE+AESGCM:ECDHE+CHACHA20"
+
+#define STORE_MAX_NAMES 64
+
+struct store_entry {
+    SSL_CTX *ctx;
+    char *names[STORE_MAX_NAMES];
+    size_t nnames;
+};
+
+struct tls_store {
+    struct store_entry *entries;
+    size_t count;
+    size_t default_index;
+    tls_sni_check check;
+};
+
+/* Copies the first OpenSSL error (or `fallback`) into err and clears the queue. */
+static void take_error(char *err, size_t errlen, const char *what, const char *path)
+{
+    unsigned long e = ERR_peek_error();
+    const char *reason = e ? ERR_reason_error_string(e) : NULL;
+    snprintf(err, errlen, "%s %s%s%s", what, path ? path : "", reason ? ": " : "",
+             reason ? reason : "");
+    ERR_clear_error();
+}
+
+static void apply_policy(SSL_CTX *ctx)
+{
+    SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
+    SSL_CTX_set_options(ctx, SSL_OP_NO_COMPRESSION | SSL_OP_NO_RENEGOTIATION |
+                                 SSL_OP_CIPHER_SERVER_PREFERENCE | SSL_OP_IGNORE_UNEXPECTED_EOF);
+    SSL_CTX_set_mode(ctx, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER |
+                              SSL_MODE_RELEASE_BUFFERS);
+    SSL_CTX_set_cipher_list(ctx, TLS12_CIPHERS);
+}
+
+SSL_CTX *tls_server_ctx_new(const char *cert_path, const char *key_path, char *err, size_t errlen)
+{
+    ERR_clear_error();
+    SSL_CTX *ctx = SSL_CTX_new(TLS_server_method());
+    if (!ctx) {
+        take_error(err, errlen, "cannot create TLS context", NULL);
+        return NULL;
+    }
+    apply_policy(ctx);
+    if (SSL_CTX_use_certificate_chain_file(ctx, cert_path) != 1) {
+        take_error(err, errlen, "cannot load certificate", cert_path);
+        goto fail;
+    }
+    if (SSL_CTX_use_PrivateKey_file(ctx, key_path, SSL_FILETYPE_PEM) != 1) {
+        take_error(err, errlen, "cannot load key", key_path);
+        goto fail;
+    }
+    if (SSL_CTX_check_private_key(ctx) != 1) {
+        ERR_clear_error();
+        snprintf(err, errlen, "key %s does not match certificate %s", key_path, cert_path);
+        goto fail;
+    }
+    return ctx;
+fail:
+    SSL_CTX_free(ctx);
+    return NULL;
+}
+
+SSL_CTX *tls_client_ctx_new(const char *ca_path, bool verify, char *err, size_t errlen)
+{
+    ERR_clear_error();
+    SSL_CTX *ctx = SSL_CTX_new(TLS_client_method());
+    if (!ctx) {
+        take_error(err, errlen, "cannot create TLS context", NULL);
+        return NULL;
+    }
+    apply_policy(ctx);
+    if (verify) {
+        int ok = ca_path ? SSL_CTX_load_verify_file(ctx, ca_path)
+                         : SSL_CTX_set_default_verify_paths(ctx);
+        if (ok != 1) {
+            take_error(err, errlen, "cannot load CA file", ca_path ? ca_path : "(system)");
+            SSL_CTX_free(ctx);
+            return NULL;
+        }
+        SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, NULL);
+    } else {
+        SSL_CTX_set_verify(ctx, SSL_VERIFY_NONE, NULL);
+    }
+    return ctx;
+}
+
+static bool is_ip_literal(const char *name)
+{
+    ASN1_OCTET_STRING *ip = a2i_IPADDRESS(name);
+    if (!ip) {
+        ERR_clear_error();
+        return false;
+    }
+    ASN1_OCTET_STRING_free(ip);
+    return true;
+}
+
+SSL *tls_client_new(SSL_CTX *ctx, const char *name)
+{
+    SSL *ssl = SSL_new(ctx);
+    if (!ssl)
+        return NULL;
+    bool ip = is_ip_literal(name);
+    if (!ip)
+        SSL_set_tlsext_host_name(ssl, name);
+    if (SSL_CTX_get_verify_mode(ctx) & SSL_VERIFY_PEER) {
+        X509_VERIFY_PARAM *param = SSL_get0_param(ssl);
+        X509_VERIFY_PARAM_set_hostflags(param, X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS);
+        if (ip)
+            X509_VERIFY_PARAM_set1_ip_asc(param, name);
+        else
+            X509_VERIFY_PARAM_set1_host(param, name, 0);
+    }
+    SSL_set_connect_state(ssl);
+    return ssl;
+}
+
+static char *lowercase_dup(const char *s, size_t len)
+{
+    char *out = malloc(len + 1);
+    if (!out)
+        return NULL;
+    for (size_t i = 0; i < len; i++)
+        out[i] = (char)tolower((unsigned char)s[i]);
+    out[len] = '\0';
+    return out;
+}
+
+size_t tls_ctx_names(SSL_CTX *ctx, char **names, size_t max)
+{
+    X509 *cert = SSL_CTX_get0_certificate(ctx);
+    size_t n = 0;
+    if (!cert)
+        return 0;
+    GENERAL_NAMES *sans = X509_get_ext_d2i(cert, NID_subject_alt_name, NULL, NULL);
+    for (int i = 0; sans && i < sk_GENERAL_NAME_num(sans) && n < max; i++) {
+        const GENERAL_NAME *gn = sk_GENERAL_NAME_value(sans, i);
+        if (gn->type != GEN_DNS)
+            continue;
+        const unsigned char *p = ASN1_STRING_get0_data(gn->d.dNSName);
+        char *copy = lowercase_dup((const char *)p, (size_t)ASN1_STRING_length(gn->d.dNSName));
+        if (copy)
+            names[n++] = copy;
+    }
+    GENERAL_NAMES_free(sans);
+    if (n == 0 && max > 0) {
+        char cn[256];
+        X509_NAME *subject = X509_get_subject_name(cert);
+        int len = X509_NAME_get_text_by_NID(subject, NID_commonName, cn, sizeof cn);
+        if (len > 0) {
+            char *copy = lowercase_dup(cn, (size_t)len);
+            if (copy)
+                names[n++] = copy;
+        }
+    }
+    ERR_clear_error();
+    return n;
+}
+
+bool tls_name_matches(const char *pattern, const char *name)
+{
+    if (strcasecmp(pattern, name) == 0)
+        return true;
+    if (pattern[0] != '*' || pattern[1] != '.')
+        return false;
+    const char *dot = strchr(name, '.');
+    /* The wildcard covers exactly one non-empty leftmost label. */
+    return dot && dot != name && strcasecmp(pattern + 1, dot) == 0;
+}
+
+struct tls_store *tls_store_new(void)
+{
+    return calloc(1, sizeof(struct tls_store));
+}
+
+/* Picks the entry for `sni`: an exact SAN match first, then a wildcard SAN,
+ * then the default. */
+static SSL_CTX *store_pick(const struct tls_store *store, const char *sni)
+{
+    if (sni) {
+        for (int pass = 0; pass < 2; pass++) {
+            for (size_t i = 0; i < store->count; i++) {
+                const struct store_entry *e = &store->entries[i];
+                for (size_t j = 0; j < e->nnames; j++) {
+                    bool wildcard = e->names[j][0] == '*';
+                    if (wildcard != (pass == 1))
+                        continue;
+                    if (tls_name_matches(e->names[j], sni))
+                        return e->ctx;
+                }
+            }
+        }
+    }
+    return store->entries[store->default_index].ctx;
+}
+
+static int on_servername(SSL *ssl, int *alert, void *arg)
+{
+    struct tls_store *store = arg;
+    const char *sni = SSL_get_servername(ssl, TLSEXT_NAMETYPE_host_name);
+    if (store->check && !store->check(tls_app(ssl), sni)) {
+        *alert = SSL_AD_UNRECOGNIZED_NAME;
+        return SSL_TLSEXT_ERR_ALERT_FATAL;
+    }
+    SSL_CTX *ctx = store_pick(store, sni);
+    if (ctx != SSL_get_SSL_CTX(ssl))
+        SSL_set_SSL_CTX(ssl, ctx);
+    return SSL_TLSEXT_ERR_OK;
+}
+
+bool tls_store_add(struct tls_store *store, SSL_CTX *ctx, bool is_default)
+{
+    struct store_entry *grown = realloc(store->entries, (store->count + 1) * sizeof *grown);
+    if (!grown)
+        return false;
+    store->entries = grown;
+    struct store_entry *e = &store->entries[store->count];
+    e->ctx = ctx;
+    e->nnames = tls_ctx_names(ctx, e->names, STORE_MAX_NAMES);
+    SSL_CTX_set_tlsext_servername_callback(ctx, on_servername);
+    SSL_CTX_set_tlsext_servername_arg(ctx, store);
+    if (is_default)
+        store->default_index = store->count;
+    store->count++;
+    return true;
+}
+
+void tls_store_set_sni_check(struct tls_store *store, tls_sni_check check)
+{
+    store->check = check;
+}
+
+bool tls_store_ready(const struct tls_store *store)
+{
+    return store && store->count > 0;
+}
+
+SSL *tls_store_accept(struct tls_store *store, void *app)
+{
+    SSL *ssl = SSL_new(store->entries[store->default_index].ctx);
+    if (!ssl)
+        return NULL;
+    SSL_set_app_data(ssl, app);
+    SSL_set_accept_state(ssl);
+    return ssl;
+}
+
+void *tls_app(SSL *ssl)
+{
+    return SSL_get_app_data(ssl);
+}
+
+void tls_store_free(struct tls_store *store)
+{
+    if (!store)
+        return;
+    for (size_t i = 0; i < store->count; i++) {
+        for (size_t j = 0; j < store->entries[i].nnames; j++)
+            free(store->entries[i].names[j]);
+        SSL_CTX_free(store->entries[i].ctx);
+    }
+    free(store->entries);
+    free(store);
+}
