@@ -29,12 +29,19 @@ $(BUILD)/%.o: %.c
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -c -o $@ $<
 
-# Unit tests: each tests/unit/test_X.c links against every module but main.
+# Unit tests: tests/unit/test_X.c links only the modules it names in
+# TEST_MODULES_test_X (STYLE.md: a unit test links only its module).
+TEST_MODULES_test_clienthello := clienthello
+TEST_MODULES_test_config      := config config_read config_value service sock tls log
+TEST_MODULES_test_mailbox     := smtp_data smtp_syntax userdb maildir log
+TEST_MODULES_test_dialogue    := dialogue/smtp dialogue/dialogue log
+TEST_MODULES_test_route       := route tls log
 UNIT_SRCS := $(wildcard tests/unit/test_*.c)
 UNIT_BINS := $(UNIT_SRCS:tests/unit/%.c=$(BUILD)/tests/%)
-$(BUILD)/tests/%: tests/unit/%.c $(LIB_OBJS)
+.SECONDEXPANSION:
+$(BUILD)/tests/%: tests/unit/%.c $$(addprefix $(BUILD)/src/,$$(addsuffix .o,$$(TEST_MODULES_$$*)))
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) $(shell pkg-config --cflags cmocka) -o $@ $< $(LIB_OBJS) \
+	$(CC) $(CFLAGS) $(shell pkg-config --cflags cmocka) -o $@ $^ \
 	    $(LDFLAGS) $(LDLIBS) $(shell pkg-config --libs cmocka)
 
 deps:

@@ -74,10 +74,10 @@ struct cfg_mailbox {
     enum tls_flavour tls; /* tls = plain */
     char *cert;           /* required unless tls = plain */
     char *key;
-    SSL_CTX *ctx; /* loaded when tls != plain */
-    char *maildir;  /* required; created (with tmp/ new/ cur/) at start-up */
-    char *users;    /* optional: "user:crypt-hash" lines; AUTH required when set */
-    char *hostname; /* default: the machine's host name */
+    SSL_CTX *ctx;            /* loaded when tls != plain */
+    char *maildir;           /* required; created (with tmp/ new/ cur/) at start-up */
+    char *users;             /* optional: "user:crypt-hash" lines; AUTH required when set */
+    char *hostname;          /* default: the machine's host name */
     size_t max_message_size; /* bytes, default 52428800 (50 MiB) */
 };
 

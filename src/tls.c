@@ -60,7 +60,13 @@ SSL_CTX *tls_server_ctx_new(const char *cert_path, const char *key_path, char *e
         goto fail;
     }
     if (SSL_CTX_use_PrivateKey_file(ctx, key_path, SSL_FILETYPE_PEM) != 1) {
-        take_error(err, errlen, "cannot load key", key_path);
+        /* A key of the certificate's type but another pair fails here. */
+        if (ERR_GET_REASON(ERR_peek_last_error()) == X509_R_KEY_VALUES_MISMATCH) {
+            ERR_clear_error();
+            snprintf(err, errlen, "key %s does not match certificate %s", key_path, cert_path);
+        } else {
+            take_error(err, errlen, "cannot load key", key_path);
+        }
         goto fail;
     }
     if (SSL_CTX_check_private_key(ctx) != 1) {

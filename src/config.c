@@ -1,0 +1,404 @@
+/* config — sallyport.conf into one struct config.
+ *
+ * config_read.c reads the file (inih) into the config, one record per
+ * section, checking each value; this file then finishes each section
+ * (defaults, certificates, addresses) and checks the sections against each
+ * other (routes, backends, listeners). Errors never stop loading: every one
+ * is reported, and any error means no config. */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "config.h"
+#include "config_read.h"
+#include "tls.h"
+
+/* gethostname(), or "localhost"; malloc'd, NULL when out of memory. */
+static char *machine_hostname(void)
+{
+    char name[256] = "";
+    if (gethostname(name, sizeof name - 1) != 0 || name[0] == '\0')
+        snprintf(name, sizeof name, "localhost");
+    return strdup(name);
+}
+
+/* ---- finishing each section once the whole file is read ---- */
+
+static void finish_certificate(struct config_loader *ld, struct config_record *rec)
+{
+    struct cfg_certificate *c = &ld->cfg->certificates[rec->index];
+    char err[512];
+    if (c->cert && c->key && !(c->ctx = tls_server_ctx_new(c->cert, c->key, err, sizeof err)))
+        config_report(ld, config_key_line(rec, "cert"), "cert", "%s", err);
+    for (size_t i = 0; c->is_default && i < rec->index; i++) {
+        if (ld->cfg->certificates[i].is_default) {
+            config_report(ld, config_key_line(rec, "default"), "default",
+                          "certificate '%s' is marked default, and so is '%s' (line %d); only one "
+                          "may be",
+                          c->name, ld->cfg->certificates[i].name, ld->cfg->certificates[i].line);
+            break;
+        }
+    }
+}
+
+static bool same_address(const struct sock_addr *a, const struct sock_addr *b)
+{
+    if (a->ss.ss_family != b->ss.ss_family)
+        return false;
+    if (a->ss.ss_family == AF_INET) {
+        const struct sockaddr_in *x = (const void *)&a->ss, *y = (const void *)&b->ss;
+        return x->sin_port == y->sin_port && x->sin_addr.s_addr == y->sin_addr.s_addr;
+    }
+    const struct sockaddr_in6 *x = (const void *)&a->ss, *y = (const void *)&b->ss;
+    return x->sin6_port == y->sin6_port &&
+           memcmp(&x->sin6_addr, &y->sin6_addr, sizeof x->sin6_addr) == 0;
+}
+
+static void finish_listener(struct config_loader *ld, struct config_record *rec)
+{
+    struct config *cfg = ld->cfg;
+    struct cfg_listener *l = &cfg->listeners[rec->index];
+    if (!config_key_set(rec, "service") && service_parse(l->name, &l->service) != 0) {
+        config_report(ld, rec->line, rec->label,
+                      "missing required key 'service' ('%s' is not a service word such as "
+                      "submissions or submission)",
+                      l->name);
+        rec->unusable = true;
+    }
+    if (rec->unusable) /* service or mode unknown: the rest would be guesswork */
+        return;
+    if (!l->address) {
+        char text[32];
+        snprintf(text, sizeof text, "[::]:%u", (unsigned)service_info(l->service)->port);
+        l->address = strdup(text);
+    }
+    if (!l->hostname)
+        l->hostname = machine_hostname();
+    char err[512];
+    if (!l->address || !l->hostname) {
+        config_report(ld, rec->line, rec->label, "out of memory");
+    } else if (sock_addr_parse(l->address, service_info(l->service)->port, &l->addr, NULL, 0, err,
+                               sizeof err) != 0) {
+        config_report(ld, config_key_line(rec, "address"), "address", "%s", err);
+    } else {
+        for (size_t i = 0; i < rec->index; i++) {
+            if (cfg->listeners[i].addr.len && same_address(&cfg->listeners[i].addr, &l->addr)) {
+                config_report(
+                    ld, config_key_line(rec, "address"),
+                    config_key_set(rec, "address") ? "address" : rec->label,
+                    "%s is already used by [listener %s] at line %d (give each listener its "
+                    "own address)",
+                    l->address, cfg->listeners[i].name, cfg->listeners[i].line);
+                break;
+            }
+        }
+    }
+    if (l->mode == MODE_TERMINATE && cfg->ncertificates == 0)
+        config_report(
+            ld, config_key_line(rec, "mode"), config_key_set(rec, "mode") ? "mode" : rec->label,
+            "listener '%s' terminates TLS, but there is no [certificate] (add one, or set "
+            "mode = passthrough)",
+            l->name);
+    if (cfg->nroutes == 0)
+        config_report(ld, rec->line, rec->label,
+                      "no route: add a [route] with sni = * and a backend");
+}
+
+static void finish_backend(struct config_loader *ld, struct config_record *rec)
+{
+    const struct cfg_backend *b = &ld->cfg->backends[rec->index];
+    for (int s = 0; s < SERVICE_COUNT; s++)
+        if (b->endpoints[s].set)
+            return;
+    if (!rec->unusable)
+        config_report(ld, rec->line, rec->label,
+                      "no endpoints (set host = HOST, or one key per service such as "
+                      "submissions = HOST:PORT)");
+}
+
+/* A mailbox's tls, cert and key: loads the certificate unless tls = plain. */
+static void finish_mailbox_tls(struct config_loader *ld, struct config_record *rec)
+{
+    struct cfg_mailbox *m = &ld->cfg->mailboxes[rec->index];
+    char err[512];
+    if (m->tls == TLS_PLAIN) {
+        if (m->cert || m->key)
+            config_report(ld, config_key_line(rec, m->cert ? "cert" : "key"),
+                          m->cert ? "cert" : "key",
+                          "unused with tls = plain (remove it, or set tls = implicit or starttls)");
+    } else if (!m->cert || !m->key) {
+        if (!config_key_set(rec, m->cert ? "key" : "cert")) /* else it was refused already */
+            config_report(ld, rec->line, rec->label,
+                          "missing required key '%s' (needed with tls = %s)",
+                          m->cert ? "key" : "cert", tls_flavour_name(m->tls));
+    } else if (!(m->ctx = tls_server_ctx_new(m->cert, m->key, err, sizeof err))) {
+        config_report(ld, config_key_line(rec, "cert"), "cert", "%s", err);
+    }
+}
+
+static void finish_mailbox(struct config_loader *ld, struct config_record *rec)
+{
+    struct cfg_mailbox *m = &ld->cfg->mailboxes[rec->index];
+    char err[512], host[256] = "";
+    /* So far only a refused tls makes a mailbox unusable: cert and key
+     * cannot be judged then. */
+    if (!rec->unusable)
+        finish_mailbox_tls(ld, rec);
+    if (m->address) {
+        if (m->address[0] == '*' || m->address[0] == ':' ||
+            strspn(m->address, "0123456789") == strlen(m->address))
+            config_report(
+                ld, config_key_line(rec, "address"), "address",
+                "'%s' has no host (the mailbox listens there and sallyport connects to it: "
+                "write HOST:PORT, e.g. 127.0.0.1:2525)",
+                m->address);
+        else if (sock_addr_parse(m->address, 0, &m->addr, host, sizeof host, err, sizeof err))
+            config_report(ld, config_key_line(rec, "address"), "address", "%s", err);
+    }
+    if (!host[0])
+        rec->unusable = true; /* no endpoints for the pair checks */
+    if (!m->hostname && !(m->hostname = machine_hostname()))
+        config_report(ld, rec->line, rec->label, "out of memory");
+
+    /* The backend of the same name: every SMTP service at the mailbox. */
+    struct cfg_backend *b = &ld->cfg->backends[rec->backend];
+    for (int s = 0; s < SERVICE_COUNT && host[0]; s++) {
+        if (service_info((enum service)s)->proto != PROTO_SMTP)
+            continue;
+        struct endpoint *ep = &b->endpoints[s];
+        ep->set = true;
+        ep->line = config_key_line(rec, "address");
+        snprintf(ep->host, sizeof ep->host, "%s", host);
+        ep->tls = m->tls;
+        ep->addr = m->addr;
+    }
+}
+
+static void (*const finishers[K_COUNT])(struct config_loader *, struct config_record *) = {
+    [K_CERTIFICATE] = finish_certificate,
+    [K_LISTENER] = finish_listener,
+    [K_BACKEND] = finish_backend,
+    [K_MAILBOX] = finish_mailbox,
+};
+
+/* ---- checks across sections ---- */
+
+static const char *const flavour_words[] = {
+    [TLS_PLAIN] = "plain", [TLS_IMPLICIT] = "implicit TLS", [TLS_STARTTLS] = "STARTTLS"};
+
+/* DESIGN.md's table of listener/backend pairs: why a passthrough listener of
+ * one flavour cannot use a backend endpoint of another; NULL = it can.
+ * A terminating listener can use every flavour. */
+static const char *const passthrough_problem[3][3] = {
+    [TLS_IMPLICIT] =
+        {
+            [TLS_PLAIN] = "the client would wait for a TLS handshake that never comes",
+            [TLS_STARTTLS] = "the client would wait for a greeting inside TLS that never comes",
+        },
+    [TLS_STARTTLS] =
+        {
+            [TLS_PLAIN] = "a plaintext backend cannot receive a TLS stream",
+            [TLS_IMPLICIT] = "the backend would greet inside TLS",
+        },
+};
+
+static const struct config_record *record_of_backend(const struct config_loader *ld, size_t backend)
+{
+    for (size_t i = 0; i < ld->nrecs; i++)
+        if ((ld->recs[i].kind == K_BACKEND || ld->recs[i].kind == K_MAILBOX) &&
+            ld->recs[i].backend == backend)
+            return &ld->recs[i];
+    return NULL;
+}
+
+/* Checks that every listener can reach the route's backend. */
+static void check_pairs(struct config_loader *ld, const struct config_record *rec,
+                        const struct cfg_backend *b)
+{
+    int line = config_key_line(rec, "backend");
+    for (size_t i = 0; i < ld->nrecs; i++) {
+        const struct config_record *lrec = &ld->recs[i];
+        if (lrec->kind != K_LISTENER || lrec->unusable)
+            continue;
+        const struct cfg_listener *l = &ld->cfg->listeners[lrec->index];
+        const struct service_info *info = service_info(l->service);
+        const struct endpoint *ep = &b->endpoints[l->service];
+        if (!ep->set) {
+            config_report(ld, line, "backend",
+                          "listener '%s' offers %s, but backend '%s' has none (set host = HOST or "
+                          "%s = HOST:PORT in [backend %s])",
+                          l->name, info->name, b->name, info->name, b->name);
+            continue;
+        }
+        const char *why = passthrough_problem[info->tls][ep->tls];
+        if (l->mode != MODE_PASSTHROUGH || !why)
+            continue;
+        char where[300];
+        const struct sockaddr_in *sin = (const void *)&ep->addr.ss;
+        const struct sockaddr_in6 *sin6 = (const void *)&ep->addr.ss;
+        unsigned port = ntohs(ep->addr.ss.ss_family == AF_INET ? sin->sin_port : sin6->sin6_port);
+        snprintf(where, sizeof where, strchr(ep->host, ':') ? "[%s]:%u" : "%s:%u", ep->host, port);
+        config_report(
+            ld, line, "backend",
+            "listener '%s' passes TLS through, so backend '%s' must speak %s for %s, but %s "
+            "is %s (%s)",
+            l->name, b->name, flavour_words[info->tls], info->name, where, flavour_words[ep->tls],
+            why);
+    }
+}
+
+/* Reports an SNI name that an earlier route (or the same one) already has. */
+static void check_sni(struct config_loader *ld, const struct config_record *rec)
+{
+    const struct cfg_route *routes = ld->cfg->routes, *r = &routes[rec->index];
+    int line = config_key_line(rec, "sni");
+    for (size_t j = 0; j < r->nsni; j++) {
+        for (size_t i = 0; i <= rec->index; i++) {
+            size_t k = 0, end = i == rec->index ? j : routes[i].nsni;
+            while (k < end && strcmp(routes[i].sni[k], r->sni[j]) != 0)
+                k++;
+            if (k == end)
+                continue;
+            if (i == rec->index)
+                config_report(ld, line, "sni", "'%s' is listed twice", r->sni[j]);
+            else if (strcmp(r->sni[j], "*") == 0)
+                config_report(
+                    ld, line, "sni",
+                    "route '%s' is the default route ('*'), and so is route '%s' (line %d); "
+                    "only one may be",
+                    r->name, routes[i].name, routes[i].line);
+            else
+                config_report(ld, line, "sni", "'%s' is already routed by [route %s] at line %d",
+                              r->sni[j], routes[i].name, routes[i].line);
+            break;
+        }
+    }
+}
+
+static void check_route(struct config_loader *ld, struct config_record *rec)
+{
+    struct config *cfg = ld->cfg;
+    struct cfg_route *r = &cfg->routes[rec->index];
+    check_sni(ld, rec);
+    if (!rec->backend_ref)
+        return;
+    for (size_t i = 0; i < cfg->nbackends; i++) {
+        if (strcmp(cfg->backends[i].name, rec->backend_ref) == 0) {
+            r->backend = &cfg->backends[i];
+            const struct config_record *brec = record_of_backend(ld, i);
+            if (brec && !brec->unusable)
+                check_pairs(ld, rec, r->backend);
+            return;
+        }
+    }
+    config_report(ld, config_key_line(rec, "backend"), "backend",
+                  "no backend or mailbox named '%s'", rec->backend_ref);
+}
+
+/* Runs every check that needs the whole file, in file order, and links
+ * backends to mailboxes (the arrays no longer grow). */
+static void finish(struct config_loader *ld)
+{
+    for (size_t i = 0; i < ld->nrecs; i++) {
+        if (finishers[ld->recs[i].kind])
+            finishers[ld->recs[i].kind](ld, &ld->recs[i]);
+    }
+    for (size_t i = 0; i < ld->nrecs; i++) {
+        if (ld->recs[i].kind == K_ROUTE)
+            check_route(ld, &ld->recs[i]);
+        else if (ld->recs[i].kind == K_MAILBOX)
+            ld->cfg->backends[ld->recs[i].backend].mailbox = &ld->cfg->mailboxes[ld->recs[i].index];
+    }
+}
+
+struct config *config_load(const char *path, FILE *errors, int *nerrors)
+{
+    struct config *cfg = calloc(1, sizeof *cfg);
+    struct config_loader ld = {
+        .cfg = cfg,
+        .path = path,
+        .errors = errors,
+        .cur = CONFIG_NO_RECORD,
+    };
+    if (!cfg || !(cfg->file = strdup(path))) {
+        config_report(&ld, 0, NULL, "out of memory");
+        goto out;
+    }
+    cfg->global = (struct cfg_global){
+        .log_level = LOG_LEVEL_INFO,
+        .plaintext_timeout = 60,
+        .handshake_timeout = 30,
+        .connect_timeout = 10,
+        .idle_timeout = 600,
+        .max_errors = 10,
+        .max_connections = 1024,
+    };
+    if (!(ld.fp = fopen(path, "r"))) {
+        ld.nerrors++;
+        if (errors)
+            fprintf(errors, "%s: cannot open: %s\n", path, strerror(errno));
+        goto out;
+    }
+    config_read(&ld);
+    fclose(ld.fp);
+    finish(&ld);
+out:
+    config_read_free(&ld);
+    if (nerrors)
+        *nerrors = ld.nerrors;
+    if (ld.nerrors) {
+        config_free(cfg);
+        return NULL;
+    }
+    return cfg;
+}
+
+void config_free(struct config *config)
+{
+    if (!config)
+        return;
+    free(config->file);
+    free(config->global.user);
+    for (size_t i = 0; i < config->ncertificates; i++) {
+        struct cfg_certificate *c = &config->certificates[i];
+        free(c->name);
+        free(c->cert);
+        free(c->key);
+        SSL_CTX_free(c->ctx);
+    }
+    for (size_t i = 0; i < config->nlisteners; i++) {
+        free(config->listeners[i].name);
+        free(config->listeners[i].address);
+        free(config->listeners[i].hostname);
+    }
+    for (size_t i = 0; i < config->nbackends; i++) {
+        free(config->backends[i].name);
+        free(config->backends[i].ca);
+        free(config->backends[i].tls_name);
+    }
+    for (size_t i = 0; i < config->nroutes; i++) {
+        free(config->routes[i].name);
+        for (size_t j = 0; j < config->routes[i].nsni; j++)
+            free(config->routes[i].sni[j]);
+    }
+    for (size_t i = 0; i < config->nmailboxes; i++) {
+        struct cfg_mailbox *m = &config->mailboxes[i];
+        free(m->name);
+        free(m->address);
+        free(m->cert);
+        free(m->key);
+        SSL_CTX_free(m->ctx);
+        free(m->maildir);
+        free(m->users);
+        free(m->hostname);
+    }
+    free(config->certificates);
+    free(config->listeners);
+    free(config->backends);
+    free(config->routes);
+    free(config->mailboxes);
+    free(config);
+}

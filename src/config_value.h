@@ -1,0 +1,64 @@
+/* config_value — parsers for the values of sallyport.conf keys (see
+ * docs/sallyport.conf.5 for the syntax each one accepts).
+ *
+ * Contract shared by every parser: on success it returns true and fills *out;
+ * on failure it returns false, leaves *out unchanged and writes into err a
+ * one-line reason for the operator that says what was wrong and what to write
+ * instead (the caller prefixes "file:line: key: "). */
+#ifndef SALLYPORT_CONFIG_VALUE_H
+#define SALLYPORT_CONFIG_VALUE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+#include "config.h"
+
+/* "30", "30s", "5m", "1h": a positive number of seconds. */
+bool value_duration(const char *text, unsigned *out, char *err, size_t errlen);
+
+/* "52428800", "512K", "50M", "1G" (powers of 1024): a positive byte count. */
+bool value_size(const char *text, size_t *out, char *err, size_t errlen);
+
+/* A positive whole number. */
+bool value_count(const char *text, unsigned *out, char *err, size_t errlen);
+
+/* yes/no, true/false, on/off, 1/0, in any case. */
+bool value_bool(const char *text, bool *out, char *err, size_t errlen);
+
+/* terminate | passthrough */
+bool value_mode(const char *text, enum listen_mode *out, char *err, size_t errlen);
+
+/* A service word: submissions, submission, ... (service.h). */
+bool value_service(const char *text, enum service *out, char *err, size_t errlen);
+
+/* plain | implicit | starttls */
+bool value_flavour(const char *text, enum tls_flavour *out, char *err, size_t errlen);
+
+/* debug | info | warn | error */
+bool value_log_level(const char *text, enum log_level *out, char *err, size_t errlen);
+
+/* Any non-empty text. *out becomes a malloc'd copy the caller frees. */
+bool value_string(const char *text, char **out, char *err, size_t errlen);
+
+/* A path this process can read now; *out as for value_string(). */
+bool value_readable(const char *text, char **out, char *err, size_t errlen);
+
+/* "HOST[:PORT] [plain|implicit|starttls]" for one service of a backend: the
+ * port defaults to the service's standard port, the flavour to the service's
+ * standard flavour. Resolves HOST (getaddrinfo) and fills set, host, tls and
+ * addr; out->line is left to the caller. */
+bool value_endpoint(const char *text, enum service service, struct endpoint *out, char *err,
+                    size_t errlen);
+
+/* The value of a backend's "host" key: one host name or address without a
+ * port. Writes it into out (size outlen) in the form value_endpoint() takes,
+ * with IPv6 addresses bracketed. */
+bool value_host(const char *text, char *out, size_t outlen, char *err, size_t errlen);
+
+/* Appends the space-separated SNI names of `text` to names[*n] (at most `max`
+ * in all), lower-cased and malloc'd for the caller to free. A name is a host
+ * name, "*.suffix" (one label of wildcard) or "*" alone (the default route).
+ * Either every name of `text` is appended or none is. */
+bool value_sni(const char *text, char **names, size_t *n, size_t max, char *err, size_t errlen);
+
+#endif

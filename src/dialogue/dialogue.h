@@ -1,0 +1,101 @@
+/* dialogue — the cleartext parts of each mail protocol, as pure functions on
+ * lines and buffers. This is the only code that ever interprets bytes a
+ * client or backend sent in cleartext; it does no I/O, so it is unit-tested
+ * and fuzzed directly.
+ *
+ * Two halves per protocol:
+ *  - server side: sallyport greets the client of a STARTTLS listener and
+ *    answers its commands until STARTTLS (nothing else reaches TLS);
+ *  - client side: sallyport reads a backend's greeting and, for a STARTTLS
+ *    backend, negotiates STARTTLS with it (never downgrading).
+ *
+ * A new protocol is one file here and one line in dialogue.c's table. */
+#ifndef SALLYPORT_DIALOGUE_H
+#define SALLYPORT_DIALOGUE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+#include "buf.h"
+#include "service.h"
+
+/* The longest line a dialogue accepts, CRLF included (RFC 5321 4.5.3.1.6). */
+#define DIALOGUE_LINE_MAX 1000
+
+enum dialogue_action {
+    DIALOGUE_CONTINUE, /* reply queued (if any); keep reading lines */
+    DIALOGUE_STARTTLS, /* go-ahead queued; the next bytes must be a ClientHello */
+    DIALOGUE_CLOSE,    /* final reply queued; close once it is written */
+};
+
+/* Server-side state of one client's cleartext phase. */
+struct dialogue_server {
+    const char *hostname; /* for greetings and replies */
+    unsigned max_errors;  /* errors tolerated before the "too many errors" close */
+    unsigned errors;      /* refused or malformed commands so far */
+    unsigned state;       /* protocol-private */
+    char tag[64];         /* protocol-private (IMAP command tag) */
+};
+
+enum backend_mode {
+    BACKEND_GREETING_ONLY, /* plain or implicit-TLS backend: read its greeting only */
+    BACKEND_STARTTLS,      /* greeting, then negotiate STARTTLS */
+};
+
+enum backend_step {
+    BACKEND_NEED_MORE, /* keep reading lines (a reply may have been queued in out) */
+    BACKEND_GREETED,   /* greeting complete (GREETING_ONLY) */
+    BACKEND_TLS_READY, /* backend said go ahead: start TLS; it must have sent nothing more */
+    BACKEND_FAILED,    /* see reason */
+};
+
+/* Client-side state of one backend's cleartext phase. */
+struct dialogue_backend {
+    enum backend_mode mode;
+    const char *hostname; /* what sallyport calls itself (EHLO argument) */
+    unsigned state;       /* protocol-private */
+    unsigned lines;       /* lines seen in the current reply (bounded) */
+    bool offers_starttls; /* the backend advertised STARTTLS */
+    char reason[160];     /* why BACKEND_FAILED */
+};
+
+struct dialogue {
+    enum proto proto;
+    const char *name;
+
+    /* Server side. greet() queues the greeting. on_line() gets one complete
+     * line (without CRLF, len <= DIALOGUE_LINE_MAX) and queues the reply. */
+    void (*greet)(struct dialogue_server *ds, struct buf *out);
+    enum dialogue_action (*on_line)(struct dialogue_server *ds, const char *line, size_t len,
+                                    struct buf *out);
+    /* A line exceeded DIALOGUE_LINE_MAX; its bytes are being discarded. */
+    enum dialogue_action (*on_long_line)(struct dialogue_server *ds, struct buf *out);
+    /* Replies for the session's own reasons to close (reply where allowed). */
+    void (*timeout_reply)(struct dialogue_server *ds, struct buf *out);
+    void (*unavailable_reply)(const char *hostname, struct buf *out);
+    /* A greeting from sallyport itself, sent after TLS when the client was
+     * not greeted and the backend's greeting went to the STARTTLS dance. */
+    void (*fresh_greeting)(const char *hostname, struct buf *out);
+
+    /* Client side. on_backend_line() gets one line from the backend (without
+     * CRLF) and may queue a command in out. */
+    void (*backend_start)(struct dialogue_backend *db);
+    enum backend_step (*on_backend_line)(struct dialogue_backend *db, const char *line,
+                                         size_t len, struct buf *out);
+};
+
+/* Returns the dialogue of a protocol (never NULL for a valid proto). */
+const struct dialogue *dialogue_for(enum proto proto);
+
+/* Initialises a server-side state. */
+void dialogue_server_init(struct dialogue_server *ds, const char *hostname, unsigned max_errors);
+
+/* Initialises a client-side state and lets the protocol set itself up. */
+void dialogue_backend_init(struct dialogue_backend *db, const struct dialogue *d,
+                           enum backend_mode mode, const char *hostname);
+
+/* Helpers for protocol files. */
+bool dialogue_verb_is(const char *line, size_t len, const char *verb);
+void dialogue_printf(struct buf *out, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+#endif

@@ -1,0 +1,242 @@
+/* SMTP (RFC 5321) with STARTTLS (RFC 3207): the cleartext dialogue of a
+ * submission listener, and the client side towards an SMTP backend. */
+#include <ctype.h>
+#include <stdio.h>
+#include <string.h>
+#include <strings.h>
+
+#include "dialogue/dialogue.h"
+
+#define SMTP_MUST_STARTTLS "530 5.7.0 Must issue a STARTTLS command first\r\n"
+/* A reply longer than this many lines from a backend is refused. */
+#define SMTP_REPLY_MAX_LINES 64
+
+/* ---- server side ---------------------------------------------------------- */
+
+static void smtp_greet(struct dialogue_server *ds, struct buf *out)
+{
+    dialogue_printf(out, "220 %s ESMTP sallyport\r\n", ds->hostname);
+}
+
+/* Counts a refused command; returns CLOSE with the final reply once too many. */
+static enum dialogue_action smtp_error(struct dialogue_server *ds, struct buf *out,
+                                       const char *reply)
+{
+    if (++ds->errors >= ds->max_errors) {
+        dialogue_printf(out, "421 4.7.0 %s Too many errors, closing connection\r\n",
+                        ds->hostname);
+        return DIALOGUE_CLOSE;
+    }
+    buf_append_str(out, reply);
+    return DIALOGUE_CONTINUE;
+}
+
+/* The argument after the verb within line[0..len), or NULL when there is
+ * none (only spaces, or nothing). Never reads past len. */
+static const char *argument_of(const char *line, size_t len, size_t verb_len)
+{
+    for (size_t i = verb_len; i < len; i++) {
+        if (line[i] != ' ')
+            return line + i;
+    }
+    return NULL;
+}
+
+static enum dialogue_action smtp_ehlo(struct dialogue_server *ds, const char *line, size_t len,
+                                      struct buf *out)
+{
+    if (!argument_of(line, len, 4))
+        return smtp_error(ds, out, "501 5.5.4 Syntax: EHLO hostname\r\n");
+    dialogue_printf(out, "250-%s\r\n250-ENHANCEDSTATUSCODES\r\n250 STARTTLS\r\n", ds->hostname);
+    return DIALOGUE_CONTINUE;
+}
+
+static enum dialogue_action smtp_helo(struct dialogue_server *ds, const char *line, size_t len,
+                                      struct buf *out)
+{
+    if (!argument_of(line, len, 4))
+        return smtp_error(ds, out, "501 5.5.4 Syntax: HELO hostname\r\n");
+    dialogue_printf(out, "250 %s\r\n", ds->hostname);
+    return DIALOGUE_CONTINUE;
+}
+
+static enum dialogue_action smtp_ok(struct dialogue_server *ds, const char *line, size_t len,
+                                    struct buf *out)
+{
+    (void)ds, (void)line, (void)len;
+    buf_append_str(out, "250 2.0.0 OK\r\n");
+    return DIALOGUE_CONTINUE;
+}
+
+static enum dialogue_action smtp_quit(struct dialogue_server *ds, const char *line, size_t len,
+                                      struct buf *out)
+{
+    (void)line, (void)len;
+    dialogue_printf(out, "221 2.0.0 %s Bye\r\n", ds->hostname);
+    return DIALOGUE_CLOSE;
+}
+
+static enum dialogue_action smtp_starttls(struct dialogue_server *ds, const char *line,
+                                          size_t len, struct buf *out)
+{
+    if (argument_of(line, len, 8))
+        return smtp_error(ds, out, "501 5.5.4 Syntax: STARTTLS\r\n");
+    buf_append_str(out, "220 2.0.0 Ready to start TLS\r\n");
+    return DIALOGUE_STARTTLS;
+}
+
+struct smtp_command {
+    const char *verb;
+    enum dialogue_action (*proceed)(struct dialogue_server *ds, const char *line, size_t len,
+                                    struct buf *out);
+};
+
+/* Everything a client may do before TLS. Anything else gets 530. */
+static const struct smtp_command smtp_commands[] = {
+    {"EHLO", smtp_ehlo},         {"HELO", smtp_helo}, {"NOOP", smtp_ok},
+    {"RSET", smtp_ok},           {"QUIT", smtp_quit}, {"STARTTLS", smtp_starttls},
+};
+
+static enum dialogue_action smtp_on_line(struct dialogue_server *ds, const char *line, size_t len,
+                                         struct buf *out)
+{
+    for (size_t i = 0; i < sizeof smtp_commands / sizeof smtp_commands[0]; i++) {
+        if (dialogue_verb_is(line, len, smtp_commands[i].verb))
+            return smtp_commands[i].proceed(ds, line, len, out);
+    }
+    return smtp_error(ds, out, SMTP_MUST_STARTTLS);
+}
+
+static enum dialogue_action smtp_on_long_line(struct dialogue_server *ds, struct buf *out)
+{
+    return smtp_error(ds, out, "500 5.5.6 Line too long\r\n");
+}
+
+static void smtp_timeout_reply(struct dialogue_server *ds, struct buf *out)
+{
+    dialogue_printf(out, "421 4.4.2 %s Timeout, closing connection\r\n", ds->hostname);
+}
+
+static void smtp_unavailable_reply(const char *hostname, struct buf *out)
+{
+    dialogue_printf(out, "421 4.3.0 %s Service temporarily unavailable, try again later\r\n",
+                    hostname);
+}
+
+static void smtp_fresh_greeting(const char *hostname, struct buf *out)
+{
+    dialogue_printf(out, "220 %s ESMTP sallyport\r\n", hostname);
+}
+
+/* ---- client side ---------------------------------------------------------- */
+
+enum smtp_backend_state {
+    SMTP_B_GREETING,     /* waiting for the 220 greeting */
+    SMTP_B_EHLO,         /* EHLO sent, reading its reply */
+    SMTP_B_STARTTLS,     /* STARTTLS sent, waiting for 220 */
+    SMTP_B_DONE,         /* nothing more is expected */
+};
+
+struct smtp_reply_line {
+    int code;
+    bool last; /* "250 " rather than "250-" */
+    const char *text;
+    size_t text_len;
+};
+
+/* Parses "DDD[ -]text" or "DDD"; returns false when malformed. */
+static bool parse_reply_line(const char *line, size_t len, struct smtp_reply_line *r)
+{
+    if (len < 3 || !isdigit((unsigned char)line[0]) || !isdigit((unsigned char)line[1]) ||
+        !isdigit((unsigned char)line[2]))
+        return false;
+    if (len > 3 && line[3] != ' ' && line[3] != '-')
+        return false;
+    r->code = (line[0] - '0') * 100 + (line[1] - '0') * 10 + (line[2] - '0');
+    r->last = len == 3 || line[3] == ' ';
+    r->text = len > 4 ? line + 4 : line + len;
+    r->text_len = len > 4 ? len - 4 : 0;
+    return true;
+}
+
+static enum backend_step backend_fail(struct dialogue_backend *db, const char *why,
+                                      const char *line, size_t len)
+{
+    size_t shown = len > 60 ? 60 : len;
+    char safe[64];
+    for (size_t i = 0; i < shown; i++)
+        safe[i] = isprint((unsigned char)line[i]) ? line[i] : '?';
+    safe[shown] = '\0';
+    snprintf(db->reason, sizeof db->reason, "%s: \"%s\"", why, safe);
+    db->state = SMTP_B_DONE;
+    return BACKEND_FAILED;
+}
+
+static void smtp_backend_start(struct dialogue_backend *db)
+{
+    db->state = SMTP_B_GREETING;
+}
+
+static enum backend_step smtp_on_backend_line(struct dialogue_backend *db, const char *line,
+                                              size_t len, struct buf *out)
+{
+    struct smtp_reply_line r;
+    if (!parse_reply_line(line, len, &r))
+        return backend_fail(db, "malformed reply from backend", line, len);
+    if (++db->lines > SMTP_REPLY_MAX_LINES)
+        return backend_fail(db, "backend reply too long", line, len);
+
+    switch (db->state) {
+    case SMTP_B_GREETING:
+        if (r.code != 220)
+            return backend_fail(db, "backend refused the session", line, len);
+        if (!r.last)
+            return BACKEND_NEED_MORE;
+        db->lines = 0;
+        if (db->mode == BACKEND_GREETING_ONLY) {
+            db->state = SMTP_B_DONE;
+            return BACKEND_GREETED;
+        }
+        dialogue_printf(out, "EHLO %s\r\n", db->hostname);
+        db->state = SMTP_B_EHLO;
+        return BACKEND_NEED_MORE;
+    case SMTP_B_EHLO:
+        if (r.code != 250)
+            return backend_fail(db, "backend refused EHLO", line, len);
+        /* The first line is the server's name, the rest are extensions. */
+        if (db->lines > 1 && r.text_len >= 8 && strncasecmp(r.text, "STARTTLS", 8) == 0 &&
+            (r.text_len == 8 || r.text[8] == ' '))
+            db->offers_starttls = true;
+        if (!r.last)
+            return BACKEND_NEED_MORE;
+        db->lines = 0;
+        if (!db->offers_starttls)
+            return backend_fail(db, "backend does not offer STARTTLS, refusing to downgrade",
+                                line, len);
+        buf_append_str(out, "STARTTLS\r\n");
+        db->state = SMTP_B_STARTTLS;
+        return BACKEND_NEED_MORE;
+    case SMTP_B_STARTTLS:
+        if (r.code != 220)
+            return backend_fail(db, "backend refused STARTTLS", line, len);
+        if (!r.last)
+            return BACKEND_NEED_MORE;
+        db->state = SMTP_B_DONE;
+        return BACKEND_TLS_READY;
+    default:
+        return backend_fail(db, "unexpected reply from backend", line, len);
+    }
+}
+
+const struct dialogue dialogue_smtp = {
+    .proto = PROTO_SMTP,
+    .name = "smtp",
+    .greet = smtp_greet,
+    .on_line = smtp_on_line,
+    .on_long_line = smtp_on_long_line,
+    .timeout_reply = smtp_timeout_reply,
+    .unavailable_reply = smtp_unavailable_reply,
+    .fresh_greeting = smtp_fresh_greeting,
+    .backend_start = smtp_backend_start,
+    .on_backend_line = smtp_on_backend_line,
+};

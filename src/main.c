@@ -1,0 +1,139 @@
+/* sallyport — an SNI-routing gateway for mail: implicit TLS first, STARTTLS
+ * done safely. This file is the command line, signals, start-up and the loop. */
+#include <errno.h>
+#include <ev.h>
+#include <grp.h>
+#include <pwd.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "config.h"
+#include "log.h"
+#include "server.h"
+
+#define SALLYPORT_VERSION "0.1.0"
+
+static void usage(FILE *out)
+{
+    fprintf(out, "usage: sallyport [-t] [-d] -c FILE\n"
+                 "  -c FILE  configuration file (see sallyport.conf(5))\n"
+                 "  -t       check the configuration and exit (0 = valid)\n"
+                 "  -d       log at debug level\n"
+                 "  -V       print the version and exit\n");
+}
+
+static void on_stop_signal(struct ev_loop *loop, ev_signal *w, int revents)
+{
+    (void)revents;
+    log_info("received signal %d, shutting down", w->signum);
+    ev_break(loop, EVBREAK_ALL);
+}
+
+/* Drops root for `user` once sockets are bound and keys are read. */
+static int drop_privileges(const char *user)
+{
+    struct passwd *pw = getpwnam(user);
+    if (!pw) {
+        log_error("user %s: no such user", user);
+        return -1;
+    }
+    if (setgroups(0, NULL) < 0 && errno != EPERM) {
+        log_error("setgroups: %s", strerror(errno));
+        return -1;
+    }
+    if (initgroups(user, pw->pw_gid) < 0 || setgid(pw->pw_gid) < 0 || setuid(pw->pw_uid) < 0) {
+        log_error("cannot become user %s: %s", user, strerror(errno));
+        return -1;
+    }
+    if (setuid(0) == 0 && pw->pw_uid != 0) {
+        log_error("cannot drop root privileges");
+        return -1;
+    }
+    log_info("running as user %s", user);
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    const char *path = NULL;
+    int check_only = 0, debug = 0, opt;
+    while ((opt = getopt(argc, argv, "c:tdVh")) != -1) {
+        switch (opt) {
+        case 'c':
+            path = optarg;
+            break;
+        case 't':
+            check_only = 1;
+            break;
+        case 'd':
+            debug = 1;
+            break;
+        case 'V':
+            printf("sallyport %s\n", SALLYPORT_VERSION);
+            return 0;
+        case 'h':
+            usage(stdout);
+            return 0;
+        default:
+            usage(stderr);
+            return 2;
+        }
+    }
+    if (!path || optind != argc) {
+        usage(stderr);
+        return 2;
+    }
+
+    int nerrors = 0;
+    struct config *config = config_load(path, stderr, &nerrors);
+    if (!config) {
+        fprintf(stderr, "%s: %d error%s\n", path, nerrors, nerrors == 1 ? "" : "s");
+        return 1;
+    }
+    if (config->nlisteners == 0 && config->nmailboxes == 0) {
+        fprintf(stderr, "%s: no [listener] or [mailbox] section: nothing to run\n", path);
+        config_free(config);
+        return 1;
+    }
+    if (check_only) {
+        printf("%s: configuration ok\n", path);
+        config_free(config);
+        return 0;
+    }
+    log_set_level(debug ? LOG_LEVEL_DEBUG : config->global.log_level);
+    signal(SIGPIPE, SIG_IGN);
+
+    struct ev_loop *loop = EV_DEFAULT;
+    struct server server;
+    if (server_start(&server, loop, config) < 0) {
+        server_stop(&server);
+        config_free(config);
+        return 1;
+    }
+    if (config->global.user && drop_privileges(config->global.user) < 0) {
+        server_stop(&server);
+        config_free(config);
+        return 1;
+    }
+    ev_signal sigterm, sigint;
+    ev_signal_init(&sigterm, on_stop_signal, SIGTERM);
+    ev_signal_init(&sigint, on_stop_signal, SIGINT);
+    ev_signal_start(loop, &sigterm);
+    ev_signal_start(loop, &sigint);
+
+    log_info("sallyport ready (%zu listener%s, %zu mailbox%s)", server.nlisteners,
+             server.nlisteners == 1 ? "" : "s", server.nmailboxes,
+             server.nmailboxes == 1 ? "" : "es");
+    ev_run(loop, 0);
+
+    ev_signal_stop(loop, &sigterm);
+    ev_signal_stop(loop, &sigint);
+    server_stop(&server);
+    config_free(config);
+    ev_loop_destroy(loop);
+    log_info("sallyport stopped");
+    return 0;
+}

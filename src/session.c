@@ -1,0 +1,887 @@
+/* session — one client connection, read top to bottom as its life:
+ *
+ *   accept -> [starttls listener: cleartext dialogue until STARTTLS]
+ *          -> passthrough: ClientHello -> SNI -> route
+ *             terminate:   TLS handshake (SNI -> route and certificate)
+ *          -> connect backend -> prelude (greeting, STARTTLS dance) -> [backend TLS]
+ *          -> relay both ways -> close, one log line
+ */
+#include <errno.h>
+#include <stdarg.h>
+#include <ev.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "buf.h"
+#include "clienthello.h"
+#include "conn.h"
+#include "dialogue/dialogue.h"
+#include "listener.h"
+#include "log.h"
+#include "relay.h"
+#include "route.h"
+#include "server.h"
+#include "session.h"
+#include "sock.h"
+#include "tls.h"
+
+/* TLS record content type of a handshake: the only first byte a TLS client sends. */
+#define TLS_HANDSHAKE_RECORD 0x16
+/* The cleartext dialogue stops reading while this much reply is unsent. */
+#define REPLY_BACKLOG_MAX 4096
+/* Seconds allowed to flush a final reply before the socket is closed anyway. */
+#define DRAIN_TIMEOUT 5.0
+
+enum session_state {
+    SESSION_CLEARTEXT,         /* starttls listener: cleartext commands until STARTTLS */
+    SESSION_CLIENTHELLO,       /* passthrough: collecting the ClientHello to learn the SNI */
+    SESSION_CLIENT_HANDSHAKE,  /* terminate: TLS handshake with the client */
+    SESSION_CONNECTING,        /* non-blocking connect to the backend */
+    SESSION_PRELUDE,           /* the backend's cleartext greeting and STARTTLS dance */
+    SESSION_BACKEND_HANDSHAKE, /* terminate: TLS handshake with a TLS backend */
+    SESSION_RELAY,             /* bytes both ways until both directions end */
+    SESSION_DRAINING,          /* a last reply is queued for the client; close once sent */
+    SESSION_CLOSED,            /* done; freed when the current callback returns */
+};
+
+static const char *const state_names[] = {
+    [SESSION_CLEARTEXT] = "cleartext",
+    [SESSION_CLIENTHELLO] = "clienthello",
+    [SESSION_CLIENT_HANDSHAKE] = "client-handshake",
+    [SESSION_CONNECTING] = "connecting",
+    [SESSION_PRELUDE] = "prelude",
+    [SESSION_BACKEND_HANDSHAKE] = "backend-handshake",
+    [SESSION_RELAY] = "relay",
+    [SESSION_DRAINING] = "draining",
+    [SESSION_CLOSED] = "closed",
+};
+
+struct session {
+    struct server *server;
+    const struct cfg_listener *listener;
+    const struct service_info *service;
+    const struct dialogue *dialogue;
+    enum session_state state;
+
+    struct conn client;
+    struct conn backend;
+    ev_io client_w;
+    ev_io backend_w;
+    ev_timer timer;
+    int client_events; /* events client_w currently waits for */
+    int backend_events;
+
+    struct buf up;       /* client -> backend; the cleartext phase's input */
+    struct buf down;     /* backend -> client; replies to the client */
+    struct buf prelude;  /* commands sallyport sends the backend itself */
+    size_t prelude_seen; /* bytes of `down` the prelude has parsed */
+
+    struct dialogue_server ds;
+    struct dialogue_backend db;
+    bool discarding_line;  /* skipping the rest of an over-long line */
+    bool starttls_pending; /* go-ahead queued; TLS starts once it is sent */
+    bool client_greeted;   /* the client already has a greeting from us */
+    bool client_checked;   /* the first byte after STARTTLS was seen to be TLS */
+    int client_hs_wait;    /* events the client handshake is blocked on */
+    int backend_hs_wait;
+    int drain_wait; /* events the final flush is blocked on */
+
+    const struct cfg_route *route;
+    const struct endpoint *endpoint;
+    bool has_sni;
+    bool sni_refused; /* the TLS handshake was refused: no route for the SNI */
+    char sni[256];
+
+    struct relay relay;
+    bool relay_started;
+    size_t relay_preloaded; /* bytes in `up` when the relay started (already counted) */
+
+    uint64_t bytes_in, bytes_out;
+    ev_tstamp started;
+    char peer[64];
+    char backend_addr[64];
+    char close_reason[200];
+    enum log_level close_level;
+
+    struct session *prev, *next;
+};
+
+static void session_update(struct session *s);
+static void session_close(struct session *s, enum log_level level, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static void connect_backend(struct session *s);
+static void start_relay(struct session *s);
+static void on_relay_io(struct session *s);
+static void on_prelude_io(struct session *s, int revents);
+
+/* ---- state and timers ----------------------------------------------------- */
+
+static void session_enter(struct session *s, enum session_state next)
+{
+    log_debug("session %s: %s -> %s", s->peer, state_names[s->state], state_names[next]);
+    s->state = next;
+}
+
+/* Arms the session's single timer for the current phase. */
+static void arm_timer(struct session *s, double seconds)
+{
+    ev_timer_stop(s->server->loop, &s->timer);
+    ev_timer_set(&s->timer, seconds, seconds);
+    ev_timer_start(s->server->loop, &s->timer);
+}
+
+static bool client_in_tls(const struct session *s)
+{
+    return s->client.ssl && SSL_is_init_finished(s->client.ssl);
+}
+
+/* Closes after telling the client why, if the protocol lets us: in the
+ * cleartext phase, or inside a terminated TLS session. Otherwise closes. */
+static void fail_with_reply(struct session *s, const char *reason)
+{
+    bool can_reply = s->state == SESSION_CLEARTEXT || client_in_tls(s);
+    if (!can_reply) {
+        session_close(s, LOG_LEVEL_INFO, "%s", reason);
+        return;
+    }
+    s->down.len = 0;
+    s->dialogue->unavailable_reply(s->listener->hostname, &s->down);
+    snprintf(s->close_reason, sizeof s->close_reason, "%s", reason);
+    s->close_level = LOG_LEVEL_WARN;
+    session_enter(s, SESSION_DRAINING);
+    arm_timer(s, DRAIN_TIMEOUT);
+}
+
+static void on_timer(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    (void)loop, (void)revents;
+    struct session *s = w->data;
+    switch (s->state) {
+    case SESSION_CLEARTEXT:
+        s->down.len = 0;
+        s->dialogue->timeout_reply(&s->ds, &s->down);
+        snprintf(s->close_reason, sizeof s->close_reason, "cleartext phase timeout");
+        session_enter(s, SESSION_DRAINING);
+        arm_timer(s, DRAIN_TIMEOUT);
+        break;
+    case SESSION_CLIENTHELLO:
+    case SESSION_CLIENT_HANDSHAKE:
+        session_close(s, LOG_LEVEL_INFO, "client TLS handshake timeout");
+        break;
+    case SESSION_CONNECTING:
+    case SESSION_PRELUDE:
+    case SESSION_BACKEND_HANDSHAKE:
+        fail_with_reply(s, "backend timeout");
+        break;
+    case SESSION_RELAY:
+        session_close(s, LOG_LEVEL_INFO, "idle timeout");
+        break;
+    case SESSION_DRAINING: {
+        char reason[sizeof s->close_reason];
+        snprintf(reason, sizeof reason, "%s", s->close_reason);
+        session_close(s, s->close_level, "%s (final reply not delivered)", reason);
+        break;
+    }
+    case SESSION_CLOSED:
+        break;
+    }
+    session_update(s);
+}
+
+/* ---- closing and the one log line ----------------------------------------- */
+
+static void log_session(const struct session *s)
+{
+    char sni[300] = "-";
+    if (s->has_sni)
+        log_escape(sni, sizeof sni, s->sni, strlen(s->sni));
+    const char *version = "-", *cipher = "-";
+    if (s->client.ssl && SSL_is_init_finished(s->client.ssl)) {
+        version = SSL_get_version(s->client.ssl);
+        cipher = SSL_get_cipher_name(s->client.ssl);
+    } else if (s->listener->mode == MODE_PASSTHROUGH && s->relay_started) {
+        version = "passthrough";
+    }
+    uint64_t in = s->bytes_in, out = s->bytes_out;
+    if (s->relay_started) {
+        in += s->relay.up.bytes - s->relay_preloaded;
+        out += s->relay.down.bytes;
+    }
+    log_msg(s->close_level,
+            "session listener=%s client=%s sni=%s route=%s backend=%s backend_addr=%s mode=%s "
+            "tls=%s cipher=%s bytes_in=%llu bytes_out=%llu duration=%.3fs close=\"%s\"",
+            s->listener->name, s->peer, sni, s->route ? s->route->name : "-",
+            s->route ? s->route->backend->name : "-", s->backend_addr[0] ? s->backend_addr : "-",
+            s->listener->mode == MODE_TERMINATE ? "terminate" : "passthrough", version, cipher,
+            (unsigned long long)in, (unsigned long long)out,
+            ev_now(s->server->loop) - s->started, s->close_reason);
+}
+
+static void session_close(struct session *s, enum log_level level, const char *fmt, ...)
+{
+    if (s->state == SESSION_CLOSED)
+        return;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(s->close_reason, sizeof s->close_reason, fmt, ap);
+    va_end(ap);
+    if (level > s->close_level)
+        s->close_level = level;
+    session_enter(s, SESSION_CLOSED);
+}
+
+static void session_free(struct session *s)
+{
+    struct server *server = s->server;
+    log_session(s);
+    ev_io_stop(server->loop, &s->client_w);
+    ev_io_stop(server->loop, &s->backend_w);
+    ev_timer_stop(server->loop, &s->timer);
+    if (s->relay_started)
+        relay_free(&s->relay);
+    conn_close(&s->client);
+    conn_close(&s->backend);
+    if (s->prev)
+        s->prev->next = s->next;
+    else
+        server->sessions = s->next;
+    if (s->next)
+        s->next->prev = s->prev;
+    server->nsessions--;
+    free(s);
+    server_session_ended(server);
+}
+
+void session_abort(struct session *s, const char *reason)
+{
+    session_close(s, LOG_LEVEL_INFO, "%s", reason);
+    session_update(s);
+}
+
+/* ---- writing to the client ------------------------------------------------ */
+
+/* Writes queued replies to the client. Returns false if the session closed. */
+static bool flush_client(struct session *s, int *wait)
+{
+    *wait = 0;
+    while (!buf_empty(&s->down)) {
+        ssize_t n = conn_write(&s->client, s->down.data, s->down.len);
+        if (n > 0) {
+            buf_consume(&s->down, (size_t)n);
+            s->bytes_out += (uint64_t)n;
+            continue;
+        }
+        if (n == CONN_WANT_READ || n == CONN_WANT_WRITE) {
+            *wait = n == CONN_WANT_READ ? EV_READ : EV_WRITE;
+            return true;
+        }
+        session_close(s, LOG_LEVEL_INFO, "client write failed: %s",
+                      n == CONN_EOF ? "closed" : conn_error(&s->client));
+        return false;
+    }
+    return true;
+}
+
+/* ---- the cleartext dialogue (starttls listeners) --------------------------- */
+
+/* Handles the STARTTLS go-ahead once it has been written. */
+static void begin_client_tls(struct session *s)
+{
+    s->starttls_pending = false;
+    arm_timer(s, s->server->config->global.handshake_timeout);
+    if (s->listener->mode == MODE_PASSTHROUGH)
+        session_enter(s, SESSION_CLIENTHELLO);
+    else
+        session_enter(s, SESSION_CLIENT_HANDSHAKE);
+}
+
+/* Runs every complete line in `up` through the dialogue. */
+static void run_dialogue(struct session *s)
+{
+    while (s->state == SESSION_CLEARTEXT && !s->starttls_pending && !buf_empty(&s->up)) {
+        if (buf_space(&s->down) < REPLY_BACKLOG_MAX)
+            return; /* let the client read its replies first */
+        if (s->discarding_line) {
+            size_t end = buf_line_length(&s->up);
+            buf_consume(&s->up, end ? end : s->up.len);
+            s->discarding_line = end == 0;
+            continue;
+        }
+        size_t len = buf_line_length(&s->up);
+        enum dialogue_action action;
+        if (len == 0 && s->up.len <= DIALOGUE_LINE_MAX)
+            return; /* wait for the rest of the line */
+        if (len == 0 || len > DIALOGUE_LINE_MAX) {
+            s->discarding_line = len == 0;
+            buf_consume(&s->up, len ? len : s->up.len);
+            action = s->dialogue->on_long_line(&s->ds, &s->down);
+        } else {
+            char line[DIALOGUE_LINE_MAX + 1];
+            size_t n = len - 1;
+            if (n > 0 && s->up.data[n - 1] == '\r')
+                n--;
+            memcpy(line, s->up.data, n);
+            line[n] = '\0';
+            buf_consume(&s->up, len);
+            action = s->dialogue->on_line(&s->ds, line, n, &s->down);
+        }
+        switch (action) {
+        case DIALOGUE_CONTINUE:
+            break;
+        case DIALOGUE_CLOSE:
+            snprintf(s->close_reason, sizeof s->close_reason, "client quit in cleartext");
+            if (s->ds.errors >= s->ds.max_errors)
+                snprintf(s->close_reason, sizeof s->close_reason, "too many errors");
+            session_enter(s, SESSION_DRAINING);
+            arm_timer(s, DRAIN_TIMEOUT);
+            return;
+        case DIALOGUE_STARTTLS:
+            if (!buf_empty(&s->up) || s->discarding_line) {
+                /* CVE-2011-0411 class: bytes pipelined behind STARTTLS would
+                 * be read as if they came inside TLS. Never answer them. */
+                session_close(s, LOG_LEVEL_WARN,
+                              "command injection: %zu bytes after STARTTLS before TLS",
+                              s->up.len);
+                return;
+            }
+            s->starttls_pending = true;
+            return;
+        }
+    }
+}
+
+static void on_cleartext_io(struct session *s, int revents)
+{
+    if (revents & EV_READ) {
+        ssize_t n = conn_read(&s->client, s->up.data + s->up.len, buf_space(&s->up));
+        if (n > 0) {
+            s->up.len += (size_t)n;
+            s->bytes_in += (uint64_t)n;
+        } else if (n == CONN_EOF || n == CONN_ERROR) {
+            session_close(s, LOG_LEVEL_INFO, "client closed in cleartext");
+            return;
+        }
+        run_dialogue(s);
+    }
+    int wait;
+    if (!flush_client(s, &wait))
+        return;
+    run_dialogue(s); /* replies drained: buffered commands may proceed */
+    if (!flush_client(s, &wait))
+        return;
+    if (s->state == SESSION_CLEARTEXT && s->starttls_pending && buf_empty(&s->down))
+        begin_client_tls(s);
+}
+
+/* ---- passthrough: the ClientHello ----------------------------------------- */
+
+/* Routes by SNI. Returns false (and closes) when no route matches. */
+static bool route_session(struct session *s, const char *sni)
+{
+    s->has_sni = sni != NULL;
+    if (sni)
+        snprintf(s->sni, sizeof s->sni, "%s", sni);
+    s->route = route_lookup(s->server->config->routes, s->server->config->nroutes, sni);
+    return s->route != NULL;
+}
+
+bool session_route_by_sni(void *session, const char *sni)
+{
+    struct session *s = session;
+    bool found = route_session(s, sni);
+    s->sni_refused = !found;
+    return found;
+}
+
+static void on_clienthello_io(struct session *s)
+{
+    ssize_t n = conn_read(&s->client, s->up.data + s->up.len, buf_space(&s->up));
+    if (n == CONN_WANT_READ)
+        return;
+    if (n <= 0) {
+        session_close(s, LOG_LEVEL_INFO, "client closed before its ClientHello");
+        return;
+    }
+    s->up.len += (size_t)n;
+    s->bytes_in += (uint64_t)n;
+
+    struct clienthello hello;
+    enum clienthello_result r = clienthello_parse(s->up.data, s->up.len, &hello);
+    if (r == CLIENTHELLO_NEED_MORE && buf_space(&s->up) > 0)
+        return;
+    if (r == CLIENTHELLO_NOT_TLS && s->client_greeted) {
+        session_close(s, LOG_LEVEL_WARN,
+                      "command injection: cleartext after STARTTLS instead of a TLS handshake");
+        return;
+    }
+    if (r != CLIENTHELLO_OK) {
+        session_close(s, LOG_LEVEL_INFO, "bad ClientHello: %s",
+                      clienthello_result_name(r == CLIENTHELLO_NEED_MORE ? CLIENTHELLO_TOO_LARGE
+                                                                         : r));
+        return;
+    }
+    if (!route_session(s, hello.has_sni ? hello.sni : NULL)) {
+        session_close(s, LOG_LEVEL_INFO, "no route for this SNI");
+        return;
+    }
+    connect_backend(s);
+}
+
+/* ---- terminate: the client's TLS handshake --------------------------------- */
+
+/* Refuses cleartext where TLS must start, before OpenSSL sees it. Returns
+ * false if the session closed or must wait. */
+static bool client_starts_with_tls(struct session *s)
+{
+    if (s->client_checked)
+        return true;
+    unsigned char first;
+    ssize_t n = recv(s->client.fd, &first, 1, MSG_PEEK);
+    if (n < 0 && (errno == EAGAIN || errno == EINTR))
+        return false;
+    if (n <= 0) {
+        session_close(s, LOG_LEVEL_INFO, "client closed before TLS");
+        return false;
+    }
+    if (first != TLS_HANDSHAKE_RECORD) {
+        session_close(s, LOG_LEVEL_WARN, "%s",
+                      s->client_greeted
+                          ? "command injection: cleartext after STARTTLS instead of a TLS "
+                            "handshake"
+                          : "cleartext on an implicit-TLS port");
+        return false;
+    }
+    s->client_checked = true;
+    SSL *ssl = tls_store_accept(s->server->store, s);
+    if (!ssl) {
+        session_close(s, LOG_LEVEL_ERROR, "out of memory for TLS");
+        return false;
+    }
+    conn_start_tls(&s->client, ssl);
+    return true;
+}
+
+static void on_client_handshake_io(struct session *s)
+{
+    if (!client_starts_with_tls(s))
+        return;
+    int r = conn_handshake(&s->client);
+    if (r == CONN_WANT_READ || r == CONN_WANT_WRITE) {
+        s->client_hs_wait = r == CONN_WANT_READ ? EV_READ : EV_WRITE;
+        return;
+    }
+    if (r != CONN_DONE) {
+        if (s->sni_refused)
+            session_close(s, LOG_LEVEL_INFO, "no route for this SNI (alert unrecognized_name)");
+        else
+            session_close(s, LOG_LEVEL_INFO, "client TLS handshake failed: %s",
+                          conn_error(&s->client));
+        return;
+    }
+    if (!s->route && !route_session(s, SSL_get_servername(s->client.ssl,
+                                                          TLSEXT_NAMETYPE_host_name))) {
+        session_close(s, LOG_LEVEL_INFO, "no route for this SNI");
+        return;
+    }
+    connect_backend(s);
+}
+
+/* ---- the backend ---------------------------------------------------------- */
+
+static void connect_backend(struct session *s)
+{
+    const struct cfg_backend *backend = s->route->backend;
+    s->endpoint = &backend->endpoints[s->listener->service];
+    sock_addr_format((const struct sockaddr *)&s->endpoint->addr.ss, s->backend_addr,
+                     sizeof s->backend_addr);
+    arm_timer(s, s->server->config->global.connect_timeout);
+    session_enter(s, SESSION_CONNECTING);
+    int fd = sock_connect(&s->endpoint->addr);
+    if (fd < 0) {
+        char why[160];
+        snprintf(why, sizeof why, "backend connect failed: %s", strerror(errno));
+        fail_with_reply(s, why);
+        return;
+    }
+    conn_init(&s->backend, fd);
+    ev_io_set(&s->backend_w, fd, 0);
+}
+
+static void start_prelude(struct session *s, enum backend_mode mode)
+{
+    dialogue_backend_init(&s->db, s->dialogue, mode, s->listener->hostname);
+    s->prelude_seen = 0;
+    session_enter(s, SESSION_PRELUDE);
+}
+
+static void start_backend_tls(struct session *s)
+{
+    const struct cfg_backend *backend = s->route->backend;
+    SSL_CTX *ctx = server_backend_ctx(s->server, backend);
+    SSL *ssl = ctx ? tls_client_new(ctx, backend->tls_name ? backend->tls_name
+                                                           : s->endpoint->host)
+                   : NULL;
+    if (!ssl) {
+        fail_with_reply(s, "cannot create backend TLS session");
+        return;
+    }
+    conn_start_tls(&s->backend, ssl);
+    s->backend_hs_wait = EV_WRITE;
+    session_enter(s, SESSION_BACKEND_HANDSHAKE);
+}
+
+/* The connect finished: take the path the listener/backend pair calls for. */
+static void on_connected(struct session *s)
+{
+    int err = sock_connect_result(s->backend.fd);
+    if (err) {
+        char why[160];
+        snprintf(why, sizeof why, "backend connect failed: %s", strerror(err));
+        fail_with_reply(s, why);
+        return;
+    }
+    enum tls_flavour flavour = s->endpoint->tls;
+    if (s->listener->mode == MODE_PASSTHROUGH) {
+        /* Config validation guarantees implicit->implicit, starttls->starttls. */
+        if (flavour == TLS_STARTTLS)
+            start_prelude(s, BACKEND_STARTTLS);
+        else
+            start_relay(s);
+        return;
+    }
+    switch (flavour) {
+    case TLS_PLAIN:
+        start_prelude(s, BACKEND_GREETING_ONLY);
+        break;
+    case TLS_IMPLICIT:
+        start_backend_tls(s);
+        break;
+    case TLS_STARTTLS:
+        start_prelude(s, BACKEND_STARTTLS);
+        break;
+    }
+}
+
+/* The prelude is over: anything the backend sent beyond what was asked is
+ * response injection. Returns false (and fails the session) if so. */
+static bool backend_said_nothing_more(struct session *s)
+{
+    if (s->down.len == s->prelude_seen)
+        return true;
+    fail_with_reply(s, "response injection: backend sent bytes after its go-ahead");
+    return false;
+}
+
+static void on_prelude_line(struct session *s, size_t line_start, size_t line_len)
+{
+    size_t n = line_len - 1;
+    const char *line = (const char *)s->down.data + line_start;
+    if (n > 0 && line[n - 1] == '\r')
+        n--;
+    enum backend_step step = s->dialogue->on_backend_line(&s->db, line, n, &s->prelude);
+    switch (step) {
+    case BACKEND_NEED_MORE:
+        return;
+    case BACKEND_FAILED:
+        fail_with_reply(s, s->db.reason);
+        return;
+    case BACKEND_GREETED:
+        if (!backend_said_nothing_more(s))
+            return;
+        if (s->client_greeted)
+            buf_consume(&s->down, s->prelude_seen); /* the client has our greeting */
+        start_relay(s);
+        return;
+    case BACKEND_TLS_READY:
+        if (!backend_said_nothing_more(s))
+            return;
+        s->down.len = 0;
+        if (s->listener->mode == MODE_PASSTHROUGH)
+            start_relay(s);
+        else
+            start_backend_tls(s);
+        return;
+    }
+}
+
+static void on_prelude_io(struct session *s, int revents)
+{
+    if (!buf_empty(&s->prelude)) {
+        ssize_t n = conn_write(&s->backend, s->prelude.data, s->prelude.len);
+        if (n > 0)
+            buf_consume(&s->prelude, (size_t)n);
+        else if (n != CONN_WANT_WRITE && n != CONN_WANT_READ) {
+            fail_with_reply(s, "backend closed during the prelude");
+            return;
+        }
+    }
+    if (!(revents & EV_READ) && !conn_pending(&s->backend))
+        return;
+    ssize_t n = conn_read(&s->backend, s->down.data + s->down.len, buf_space(&s->down));
+    if (n == CONN_WANT_READ || n == CONN_WANT_WRITE)
+        return;
+    if (n <= 0) {
+        fail_with_reply(s, "backend closed during the prelude");
+        return;
+    }
+    s->down.len += (size_t)n;
+    /* Feed complete lines, bounded by the dialogue's line limit. */
+    while (s->state == SESSION_PRELUDE && s->prelude_seen < s->down.len) {
+        const uint8_t *start = s->down.data + s->prelude_seen;
+        size_t avail = s->down.len - s->prelude_seen;
+        const uint8_t *nl = memchr(start, '\n', avail);
+        if (!nl) {
+            if (avail > DIALOGUE_LINE_MAX)
+                fail_with_reply(s, "backend line too long in the prelude");
+            return;
+        }
+        size_t len = (size_t)(nl - start) + 1;
+        if (len > DIALOGUE_LINE_MAX) {
+            fail_with_reply(s, "backend line too long in the prelude");
+            return;
+        }
+        size_t line_start = s->prelude_seen;
+        s->prelude_seen += len;
+        on_prelude_line(s, line_start, len);
+        if (s->state == SESSION_PRELUDE && s->db.mode == BACKEND_STARTTLS) {
+            /* Never forwarded: drop parsed lines to keep the buffer small. */
+            buf_consume(&s->down, s->prelude_seen);
+            s->prelude_seen = 0;
+        }
+    }
+}
+
+static void on_backend_handshake_io(struct session *s)
+{
+    int r = conn_handshake(&s->backend);
+    if (r == CONN_WANT_READ || r == CONN_WANT_WRITE) {
+        s->backend_hs_wait = r == CONN_WANT_READ ? EV_READ : EV_WRITE;
+        return;
+    }
+    if (r != CONN_DONE) {
+        char why[200];
+        long verify = SSL_get_verify_result(s->backend.ssl);
+        if (verify != X509_V_OK)
+            snprintf(why, sizeof why, "backend certificate rejected: %s",
+                     X509_verify_cert_error_string(verify));
+        else
+            snprintf(why, sizeof why, "backend TLS handshake failed: %s",
+                     conn_error(&s->backend));
+        fail_with_reply(s, why);
+        return;
+    }
+    if (s->endpoint->tls == TLS_IMPLICIT) {
+        start_prelude(s, BACKEND_GREETING_ONLY); /* its greeting comes inside TLS */
+        on_prelude_io(s, EV_READ);               /* it may already be decrypted */
+        return;
+    }
+    /* STARTTLS backend: its greeting went to the dance. */
+    if (!s->client_greeted)
+        s->dialogue->fresh_greeting(s->listener->hostname, &s->down);
+    start_relay(s);
+}
+
+/* ---- relay ---------------------------------------------------------------- */
+
+static void start_relay(struct session *s)
+{
+    s->relay_preloaded = s->up.len;
+    if (relay_init(&s->relay, &s->client, &s->backend, &s->up, &s->down) < 0) {
+        session_close(s, LOG_LEVEL_ERROR, "cannot create relay pipes: %s", strerror(errno));
+        return;
+    }
+    s->relay_started = true;
+    session_enter(s, SESSION_RELAY);
+    arm_timer(s, s->server->config->global.idle_timeout);
+    on_relay_io(s); /* bytes buffered before the relay go out now */
+}
+
+static void on_relay_io(struct session *s)
+{
+    uint64_t before = s->relay.up.bytes + s->relay.down.bytes;
+    switch (relay_step(&s->relay)) {
+    case RELAY_OPEN:
+        break;
+    case RELAY_DONE:
+        session_close(s, LOG_LEVEL_INFO, "closed");
+        return;
+    case RELAY_ERROR:
+        session_close(s, LOG_LEVEL_INFO, "%s", s->relay.error);
+        return;
+    }
+    if (s->relay.up.bytes + s->relay.down.bytes != before)
+        ev_timer_again(s->server->loop, &s->timer);
+}
+
+/* ---- event dispatch ------------------------------------------------------- */
+
+static void on_draining_io(struct session *s)
+{
+    if (!flush_client(s, &s->drain_wait))
+        return;
+    if (buf_empty(&s->down))
+        session_enter(s, SESSION_CLOSED); /* close_reason was set on the way in */
+}
+
+/* Advances the session after any event, whichever side it came from. */
+static void session_advance(struct session *s, int client_revents, int backend_revents)
+{
+    switch (s->state) {
+    case SESSION_CLEARTEXT:
+        on_cleartext_io(s, client_revents);
+        break;
+    case SESSION_CLIENTHELLO:
+        on_clienthello_io(s);
+        break;
+    case SESSION_CLIENT_HANDSHAKE:
+        on_client_handshake_io(s);
+        break;
+    case SESSION_CONNECTING:
+        if (backend_revents)
+            on_connected(s);
+        break;
+    case SESSION_PRELUDE:
+        on_prelude_io(s, backend_revents);
+        break;
+    case SESSION_BACKEND_HANDSHAKE:
+        on_backend_handshake_io(s);
+        break;
+    case SESSION_RELAY:
+        on_relay_io(s);
+        break;
+    case SESSION_DRAINING:
+        on_draining_io(s);
+        break;
+    case SESSION_CLOSED:
+        break;
+    }
+}
+
+static void on_client_io(struct ev_loop *loop, ev_io *w, int revents)
+{
+    (void)loop;
+    struct session *s = w->data;
+    session_advance(s, revents, 0);
+    session_update(s);
+}
+
+static void on_backend_io(struct ev_loop *loop, ev_io *w, int revents)
+{
+    (void)loop;
+    struct session *s = w->data;
+    session_advance(s, 0, revents);
+    session_update(s);
+}
+
+/* Events each side must wait for, derived from the state and the buffers. */
+static void wanted_events(const struct session *s, int *client, int *backend)
+{
+    *client = *backend = 0;
+    switch (s->state) {
+    case SESSION_CLEARTEXT:
+        if (!buf_empty(&s->down))
+            *client |= EV_WRITE;
+        if (!s->starttls_pending && buf_space(&s->up) > 0 &&
+            buf_space(&s->down) >= REPLY_BACKLOG_MAX)
+            *client |= EV_READ;
+        break;
+    case SESSION_CLIENTHELLO:
+        *client = EV_READ;
+        break;
+    case SESSION_CLIENT_HANDSHAKE:
+        *client = s->client_checked ? s->client_hs_wait : EV_READ;
+        break;
+    case SESSION_CONNECTING:
+        *backend = EV_WRITE;
+        break;
+    case SESSION_PRELUDE:
+        *backend = EV_READ | (buf_empty(&s->prelude) ? 0 : EV_WRITE);
+        break;
+    case SESSION_BACKEND_HANDSHAKE:
+        *backend = s->backend_hs_wait;
+        break;
+    case SESSION_RELAY:
+        *client = relay_events(&s->relay, &s->client);
+        *backend = relay_events(&s->relay, &s->backend);
+        break;
+    case SESSION_DRAINING:
+        *client = s->drain_wait ? s->drain_wait : EV_WRITE;
+        break;
+    case SESSION_CLOSED:
+        break;
+    }
+}
+
+static void set_watcher(struct ev_loop *loop, ev_io *w, int fd, int *current, int wanted)
+{
+    if (fd < 0 || wanted == *current)
+        return;
+    ev_io_stop(loop, w);
+    ev_io_set(w, fd, wanted);
+    if (wanted)
+        ev_io_start(loop, w);
+    *current = wanted;
+}
+
+static void session_update(struct session *s)
+{
+    if (s->state == SESSION_CLOSED) {
+        session_free(s);
+        return;
+    }
+    int client, backend;
+    wanted_events(s, &client, &backend);
+    struct ev_loop *loop = s->server->loop;
+    set_watcher(loop, &s->client_w, s->client.fd, &s->client_events, client);
+    set_watcher(loop, &s->backend_w, s->backend.fd, &s->backend_events, backend);
+}
+
+/* ---- accept --------------------------------------------------------------- */
+
+void session_start(struct listener *listener, int fd, const struct sockaddr *peer)
+{
+    struct server *server = listener->server;
+    struct session *s = calloc(1, sizeof *s);
+    if (!s) {
+        log_error("out of memory: refusing a connection");
+        close(fd);
+        return;
+    }
+    s->server = server;
+    s->listener = listener->cfg;
+    s->service = service_info(listener->cfg->service);
+    s->dialogue = dialogue_for(s->service->proto);
+    s->started = ev_now(server->loop);
+    s->close_level = LOG_LEVEL_INFO;
+    sock_addr_format(peer, s->peer, sizeof s->peer);
+    conn_init(&s->client, fd);
+    conn_init(&s->backend, -1);
+    ev_io_init(&s->client_w, on_client_io, fd, 0);
+    ev_io_init(&s->backend_w, on_backend_io, -1, 0);
+    ev_init(&s->timer, on_timer);
+    s->client_w.data = s->backend_w.data = s->timer.data = s;
+
+    s->next = server->sessions;
+    if (server->sessions)
+        server->sessions->prev = s;
+    server->sessions = s;
+    server->nsessions++;
+
+    if (s->service->tls == TLS_STARTTLS) {
+        dialogue_server_init(&s->ds, listener->cfg->hostname,
+                             server->config->global.max_errors);
+        s->dialogue->greet(&s->ds, &s->down);
+        s->client_greeted = true;
+        s->state = SESSION_CLEARTEXT; /* the initial state: nothing to log */
+        arm_timer(s, server->config->global.plaintext_timeout);
+    } else {
+        s->state = listener->cfg->mode == MODE_PASSTHROUGH ? SESSION_CLIENTHELLO
+                                                           : SESSION_CLIENT_HANDSHAKE;
+        arm_timer(s, server->config->global.handshake_timeout);
+    }
+    session_update(s);
+}

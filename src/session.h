@@ -1,0 +1,21 @@
+/* session — one client connection from accept to close: its state machine,
+ * timers and the backend connection it leads to. See docs/ARCHITECTURE.md
+ * for the path a session takes. */
+#ifndef SALLYPORT_SESSION_H
+#define SALLYPORT_SESSION_H
+
+#include <sys/socket.h>
+
+struct listener;
+struct session;
+
+/* Takes ownership of the accepted, non-blocking `fd` and starts a session. */
+void session_start(struct listener *listener, int fd, const struct sockaddr *peer);
+
+/* Closes a session at once (server shutdown), logging `reason`. */
+void session_abort(struct session *s, const char *reason);
+
+/* The SNI check handed to the TLS store: routes the session by SNI. */
+_Bool session_route_by_sni(void *session, const char *sni);
+
+#endif

@@ -1,0 +1,144 @@
+"""Shared fixtures for the integration tests.
+
+Everything runs on loopback with ephemeral ports and certificates generated
+per test session. Every process started here is killed at teardown.
+"""
+import os
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+SALLYPORT = os.environ.get(
+    "SALLYPORT", str(Path(__file__).resolve().parents[2] / "sallyport"))
+READY_TIMEOUT = 20.0
+
+
+def free_port():
+    """An ephemeral TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(predicate, timeout=READY_TIMEOUT, what="condition"):
+    """Polls predicate until it returns a true value; fails the test after timeout."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.02)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+class CertAuthority:
+    """A throw-away CA that issues leaf certificates for given DNS names."""
+
+    def __init__(self, directory: Path):
+        self.dir = directory
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.cert = self.dir / "ca.pem"
+        self.key = self.dir / "ca.key"
+        subprocess.run(
+            ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+             "-nodes", "-days", "30", "-subj", "/CN=sallyport test CA",
+             "-keyout", str(self.key), "-out", str(self.cert)],
+            check=True, capture_output=True)
+
+    def issue(self, name, sans=None):
+        """Issues a certificate for `sans` (default [name]); returns (cert, key) paths."""
+        sans = sans or [name]
+        safe = name.replace("*", "wildcard")
+        key = self.dir / f"{safe}.key"
+        csr = self.dir / f"{safe}.csr"
+        cert = self.dir / f"{safe}.pem"
+        ext = self.dir / f"{safe}.ext"
+        alt = ",".join(("IP:" if s.replace(".", "").isdigit() or ":" in s else "DNS:") + s
+                       for s in sans)
+        ext.write_text(f"subjectAltName={alt}\nbasicConstraints=CA:FALSE\n"
+                       "keyUsage=digitalSignature,keyEncipherment\n"
+                       "extendedKeyUsage=serverAuth\n")
+        subprocess.run(["openssl", "req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+                        "-nodes", "-subj", f"/CN={sans[0]}", "-keyout", str(key),
+                        "-out", str(csr)], check=True, capture_output=True)
+        subprocess.run(["openssl", "x509", "-req", "-in", str(csr), "-CA", str(self.cert),
+                        "-CAkey", str(self.key), "-CAcreateserial", "-days", "30",
+                        "-extfile", str(ext), "-out", str(cert)],
+                       check=True, capture_output=True)
+        return cert, key
+
+
+@pytest.fixture(scope="session")
+def ca(tmp_path_factory):
+    return CertAuthority(tmp_path_factory.mktemp("ca"))
+
+
+class Sallyport:
+    """One running sallyport process with a given config."""
+
+    def __init__(self, directory: Path, config_text: str, name="sallyport"):
+        self.dir = directory
+        self.config = directory / f"{name}.conf"
+        self.config.write_text(config_text)
+        self.log_path = directory / f"{name}.log"
+        self._log = open(self.log_path, "wb")
+        self.proc = subprocess.Popen([SALLYPORT, "-c", str(self.config)],
+                                     stdout=self._log, stderr=subprocess.STDOUT,
+                                     stdin=subprocess.DEVNULL)
+        try:
+            wait_for(self._ready, what=f"sallyport ready (log: {self.log_path})")
+        except AssertionError:
+            self.stop()
+            raise AssertionError(f"sallyport did not start:\n{self.log()}")
+
+    def _ready(self):
+        if self.proc.poll() is not None:
+            raise AssertionError(
+                f"sallyport exited with {self.proc.returncode}:\n{self.log()}")
+        return "sallyport ready" in self.log()
+
+    def log(self):
+        return self.log_path.read_text(errors="replace")
+
+    def wait_log(self, text, timeout=READY_TIMEOUT):
+        """Waits until `text` appears in the log; returns the whole log."""
+        wait_for(lambda: text in self.log(), timeout, what=f"log line {text!r}")
+        return self.log()
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+        self._log.close()
+        return self.proc.returncode
+
+
+@pytest.fixture
+def sallyport(tmp_path):
+    """Factory: sallyport(config_text, name=...) starts a process and waits until ready."""
+    started = []
+
+    def start(config_text, name="sallyport"):
+        sp = Sallyport(tmp_path, config_text, name)
+        started.append(sp)
+        return sp
+
+    yield start
+    for sp in started:
+        sp.stop()
+
+
+def run_check(config_text, directory: Path):
+    """Runs `sallyport -t -c FILE`; returns (exit code, combined output)."""
+    conf = directory / "check.conf"
+    conf.write_text(config_text)
+    r = subprocess.run([SALLYPORT, "-t", "-c", str(conf)], capture_output=True, text=True,
+                       timeout=30)
+    return r.returncode, r.stdout + r.stderr
