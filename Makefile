@@ -19,10 +19,12 @@ SRCS := $(wildcard src/*.c) $(wildcard src/dialogue/*.c)
 OBJS := $(SRCS:%.c=$(BUILD)/%.o)
 LIB_OBJS := $(filter-out $(BUILD)/src/main.o,$(OBJS))
 
-.PHONY: all deps check unit integration demo clean format format-check asan
-all: sallyport
+BIN      ?= sallyport
 
-sallyport: $(OBJS)
+.PHONY: all deps check unit integration demo clean format format-check clang asan
+all: $(BIN)
+
+$(BIN): $(OBJS)
 	$(CC) $(CFLAGS) -o $@ $^ $(LDFLAGS) $(LDLIBS)
 
 $(BUILD)/%.o: %.c
@@ -51,22 +53,29 @@ unit: $(UNIT_BINS)
 	@set -e; for t in $(UNIT_BINS); do echo "== $$t"; \
 	    (cd tests/unit && CMOCKA_MESSAGE_OUTPUT=stdout ../../$$t); done
 
-integration: sallyport
-	cd tests/integration && SALLYPORT=$(CURDIR)/sallyport $(PYTHON) -m pytest -q -ra $(PYTEST_ARGS)
+integration: $(BIN)
+	cd tests/integration && SALLYPORT=$(abspath $(BIN)) $(PYTHON) -m pytest -q -ra $(PYTEST_ARGS)
+
+# The same sources must build warning-free with clang too.
+clang:
+	$(MAKE) CC=clang BUILD=build/clang BIN=build/clang/sallyport build/clang/sallyport
 
 check: deps
+	$(MAKE) format-check
 	$(MAKE) all unit
+	$(MAKE) clang
 	$(MAKE) integration
 
 demo: deps
 	$(MAKE) all
 	sh scripts/demo.sh
 
+FORMATTED := $(wildcard src/*.[ch] src/dialogue/*.[ch] tests/unit/*.c fuzz/*.c)
 format:
-	clang-format -i src/*.c src/*.h src/dialogue/*.c tests/unit/*.c 2>/dev/null || true
+	clang-format -i $(FORMATTED)
 
 format-check:
-	clang-format --dry-run --Werror src/*.[ch] tests/unit/*.c
+	clang-format --dry-run --Werror $(FORMATTED)
 
 clean:
 	rm -rf $(BUILD) sallyport

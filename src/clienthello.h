@@ -24,7 +24,7 @@ enum clienthello_result {
 
 struct clienthello {
     bool has_sni;
-    char sni[256];    /* lower-cased host_name; only [a-z0-9.-_] allowed, else MALFORMED */
+    char sni[256]; /* lower-cased host_name; only [a-z0-9.-_] allowed, else MALFORMED */
     size_t alpn_count;
     char alpn[CLIENTHELLO_MAX_ALPN][64]; /* protocol names offered, in order (printable only) */
     uint16_t max_version; /* highest version offered (supported_versions, or legacy_version) */

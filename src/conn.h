@@ -13,11 +13,11 @@
 
 /* Negative results of conn_read/conn_write/conn_handshake. */
 enum conn_result {
-    CONN_DONE = 0,         /* conn_handshake: finished */
-    CONN_WANT_READ = -1,   /* retry when the socket is readable */
-    CONN_WANT_WRITE = -2,  /* retry when the socket is writable */
-    CONN_EOF = -3,         /* the peer closed (TLS: close_notify or TCP FIN) */
-    CONN_ERROR = -4,       /* fatal; conn_error() says why */
+    CONN_DONE = 0,        /* conn_handshake: finished */
+    CONN_WANT_READ = -1,  /* retry when the socket is readable */
+    CONN_WANT_WRITE = -2, /* retry when the socket is writable */
+    CONN_EOF = -3,        /* the peer closed (TLS: close_notify or TCP FIN) */
+    CONN_ERROR = -4,      /* fatal; conn_error() says why */
 };
 
 struct conn {

@@ -41,13 +41,12 @@ static void on_accept(struct ev_loop *loop, ev_io *w, int revents)
         socklen_t len = sizeof peer;
         int fd = accept4(l->fd, (struct sockaddr *)&peer, &len, SOCK_NONBLOCK | SOCK_CLOEXEC);
         if (fd < 0) {
-            if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR ||
-                errno == ECONNABORTED)
+            if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR || errno == ECONNABORTED)
                 return;
             if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
                 /* The pending connection stays queued; retrying now would spin. */
-                log_warn("listener %s: accept: %s; pausing %.0fs", l->cfg->name,
-                         strerror(errno), EMFILE_BACKOFF);
+                log_warn("listener %s: accept: %s; pausing %.0fs", l->cfg->name, strerror(errno),
+                         EMFILE_BACKOFF);
                 pause_accepting(l, EMFILE_BACKOFF);
                 return;
             }

@@ -50,8 +50,7 @@ int relay_init(struct relay *r, struct conn *client, struct conn *backend, struc
 static enum io_progress fail(struct relay *r, const struct relay_dir *d, const char *side,
                              const char *why)
 {
-    snprintf(r->error, sizeof r->error, "%s %s: %s", d == &r->up ? "client" : "backend", side,
-             why);
+    snprintf(r->error, sizeof r->error, "%s %s: %s", d == &r->up ? "client" : "backend", side, why);
     return IO_FAILED;
 }
 
@@ -127,8 +126,8 @@ static enum io_progress splice_out(struct relay *r, struct relay_dir *d)
     d->write_wait = 0;
     if (d->piped == 0)
         return IO_NONE;
-    ssize_t n = splice(d->pipe[0], NULL, d->dst->fd, NULL, d->piped,
-                       SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+    ssize_t n =
+        splice(d->pipe[0], NULL, d->dst->fd, NULL, d->piped, SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
     if (n > 0) {
         d->piped -= (size_t)n;
         d->bytes += (uint64_t)n;

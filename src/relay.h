@@ -20,14 +20,14 @@
 /* One direction: src -> dst. */
 struct relay_dir {
     struct conn *src, *dst;
-    struct buf *buf;      /* bytes read from src, not yet written to dst */
-    int pipe[2];          /* splice mode only */
-    size_t piped;         /* bytes in the pipe */
-    bool src_eof;         /* src will send nothing more */
-    bool dst_shut;        /* dst's write side is shut: this direction is done */
-    int read_wait;        /* EV_READ/EV_WRITE the last read is blocked on, or 0 */
-    int write_wait;       /* likewise for the last write */
-    uint64_t bytes;       /* bytes delivered to dst */
+    struct buf *buf; /* bytes read from src, not yet written to dst */
+    int pipe[2];     /* splice mode only */
+    size_t piped;    /* bytes in the pipe */
+    bool src_eof;    /* src will send nothing more */
+    bool dst_shut;   /* dst's write side is shut: this direction is done */
+    int read_wait;   /* EV_READ/EV_WRITE the last read is blocked on, or 0 */
+    int write_wait;  /* likewise for the last write */
+    uint64_t bytes;  /* bytes delivered to dst */
 };
 
 struct relay {

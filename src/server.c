@@ -58,10 +58,10 @@ int server_start(struct server *server, struct ev_loop *loop, struct config *con
         log_error("cannot set up TLS");
         return -1;
     }
-    server->listeners = calloc(config->nlisteners ? config->nlisteners : 1,
-                               sizeof *server->listeners);
-    server->mailboxes = calloc(config->nmailboxes ? config->nmailboxes : 1,
-                               sizeof *server->mailboxes);
+    server->listeners =
+        calloc(config->nlisteners ? config->nlisteners : 1, sizeof *server->listeners);
+    server->mailboxes =
+        calloc(config->nmailboxes ? config->nmailboxes : 1, sizeof *server->mailboxes);
     if (!server->listeners || !server->mailboxes)
         return -1;
     for (size_t i = 0; i < config->nmailboxes; i++) {
@@ -94,7 +94,8 @@ int server_start(struct server *server, struct ev_loop *loop, struct config *con
 void server_session_ended(struct server *server)
 {
     for (size_t i = 0; i < server->nlisteners; i++) {
-        if (server->listeners[i].paused && server->nsessions < server->config->global.max_connections)
+        if (server->listeners[i].paused &&
+            server->nsessions < server->config->global.max_connections)
             listener_start(&server->listeners[i]);
     }
 }

@@ -217,8 +217,8 @@ static void log_session(const struct session *s)
             s->listener->name, s->peer, sni, s->route ? s->route->name : "-",
             s->route ? s->route->backend->name : "-", s->backend_addr[0] ? s->backend_addr : "-",
             s->listener->mode == MODE_TERMINATE ? "terminate" : "passthrough", version, cipher,
-            (unsigned long long)in, (unsigned long long)out,
-            ev_now(s->server->loop) - s->started, s->close_reason);
+            (unsigned long long)in, (unsigned long long)out, ev_now(s->server->loop) - s->started,
+            s->close_reason);
 }
 
 static void session_close(struct session *s, enum log_level level, const char *fmt, ...)
@@ -312,6 +312,7 @@ static void run_dialogue(struct session *s)
             continue;
         }
         size_t len = buf_line_length(&s->up);
+        size_t replies_before = s->down.len;
         enum dialogue_action action;
         if (len == 0 && s->up.len <= DIALOGUE_LINE_MAX)
             return; /* wait for the rest of the line */
@@ -342,10 +343,11 @@ static void run_dialogue(struct session *s)
         case DIALOGUE_STARTTLS:
             if (!buf_empty(&s->up) || s->discarding_line) {
                 /* CVE-2011-0411 class: bytes pipelined behind STARTTLS would
-                 * be read as if they came inside TLS. Never answer them. */
+                 * be read as if they came inside TLS. Never answer them, and
+                 * withdraw the go-ahead. */
+                s->down.len = replies_before;
                 session_close(s, LOG_LEVEL_WARN,
-                              "command injection: %zu bytes after STARTTLS before TLS",
-                              s->up.len);
+                              "command injection: %zu bytes after STARTTLS before TLS", s->up.len);
                 return;
             }
             s->starttls_pending = true;
@@ -368,10 +370,10 @@ static void on_cleartext_io(struct session *s, int revents)
         run_dialogue(s);
     }
     int wait;
-    if (!flush_client(s, &wait))
+    if (s->state == SESSION_CLOSED || !flush_client(s, &wait))
         return;
     run_dialogue(s); /* replies drained: buffered commands may proceed */
-    if (!flush_client(s, &wait))
+    if (s->state == SESSION_CLOSED || !flush_client(s, &wait))
         return;
     if (s->state == SESSION_CLEARTEXT && s->starttls_pending && buf_empty(&s->down))
         begin_client_tls(s);
@@ -419,9 +421,9 @@ static void on_clienthello_io(struct session *s)
         return;
     }
     if (r != CLIENTHELLO_OK) {
-        session_close(s, LOG_LEVEL_INFO, "bad ClientHello: %s",
-                      clienthello_result_name(r == CLIENTHELLO_NEED_MORE ? CLIENTHELLO_TOO_LARGE
-                                                                         : r));
+        session_close(
+            s, LOG_LEVEL_INFO, "bad ClientHello: %s",
+            clienthello_result_name(r == CLIENTHELLO_NEED_MORE ? CLIENTHELLO_TOO_LARGE : r));
         return;
     }
     if (!route_session(s, hello.has_sni ? hello.sni : NULL)) {
@@ -482,8 +484,8 @@ static void on_client_handshake_io(struct session *s)
                           conn_error(&s->client));
         return;
     }
-    if (!s->route && !route_session(s, SSL_get_servername(s->client.ssl,
-                                                          TLSEXT_NAMETYPE_host_name))) {
+    if (!s->route &&
+        !route_session(s, SSL_get_servername(s->client.ssl, TLSEXT_NAMETYPE_host_name))) {
         session_close(s, LOG_LEVEL_INFO, "no route for this SNI");
         return;
     }
@@ -522,9 +524,8 @@ static void start_backend_tls(struct session *s)
 {
     const struct cfg_backend *backend = s->route->backend;
     SSL_CTX *ctx = server_backend_ctx(s->server, backend);
-    SSL *ssl = ctx ? tls_client_new(ctx, backend->tls_name ? backend->tls_name
-                                                           : s->endpoint->host)
-                   : NULL;
+    SSL *ssl =
+        ctx ? tls_client_new(ctx, backend->tls_name ? backend->tls_name : s->endpoint->host) : NULL;
     if (!ssl) {
         fail_with_reply(s, "cannot create backend TLS session");
         return;
@@ -669,8 +670,7 @@ static void on_backend_handshake_io(struct session *s)
             snprintf(why, sizeof why, "backend certificate rejected: %s",
                      X509_verify_cert_error_string(verify));
         else
-            snprintf(why, sizeof why, "backend TLS handshake failed: %s",
-                     conn_error(&s->backend));
+            snprintf(why, sizeof why, "backend TLS handshake failed: %s", conn_error(&s->backend));
         fail_with_reply(s, why);
         return;
     }
@@ -872,8 +872,7 @@ void session_start(struct listener *listener, int fd, const struct sockaddr *pee
     server->nsessions++;
 
     if (s->service->tls == TLS_STARTTLS) {
-        dialogue_server_init(&s->ds, listener->cfg->hostname,
-                             server->config->global.max_errors);
+        dialogue_server_init(&s->ds, listener->cfg->hostname, server->config->global.max_errors);
         s->dialogue->greet(&s->ds, &s->down);
         s->client_greeted = true;
         s->state = SESSION_CLEARTEXT; /* the initial state: nothing to log */

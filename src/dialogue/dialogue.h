@@ -80,8 +80,8 @@ struct dialogue {
     /* Client side. on_backend_line() gets one line from the backend (without
      * CRLF) and may queue a command in out. */
     void (*backend_start)(struct dialogue_backend *db);
-    enum backend_step (*on_backend_line)(struct dialogue_backend *db, const char *line,
-                                         size_t len, struct buf *out);
+    enum backend_step (*on_backend_line)(struct dialogue_backend *db, const char *line, size_t len,
+                                         struct buf *out);
 };
 
 /* Returns the dialogue of a protocol (never NULL for a valid proto). */

@@ -23,8 +23,7 @@ static enum dialogue_action smtp_error(struct dialogue_server *ds, struct buf *o
                                        const char *reply)
 {
     if (++ds->errors >= ds->max_errors) {
-        dialogue_printf(out, "421 4.7.0 %s Too many errors, closing connection\r\n",
-                        ds->hostname);
+        dialogue_printf(out, "421 4.7.0 %s Too many errors, closing connection\r\n", ds->hostname);
         return DIALOGUE_CLOSE;
     }
     buf_append_str(out, reply);
@@ -76,8 +75,8 @@ static enum dialogue_action smtp_quit(struct dialogue_server *ds, const char *li
     return DIALOGUE_CLOSE;
 }
 
-static enum dialogue_action smtp_starttls(struct dialogue_server *ds, const char *line,
-                                          size_t len, struct buf *out)
+static enum dialogue_action smtp_starttls(struct dialogue_server *ds, const char *line, size_t len,
+                                          struct buf *out)
 {
     if (argument_of(line, len, 8))
         return smtp_error(ds, out, "501 5.5.4 Syntax: STARTTLS\r\n");
@@ -93,8 +92,8 @@ struct smtp_command {
 
 /* Everything a client may do before TLS. Anything else gets 530. */
 static const struct smtp_command smtp_commands[] = {
-    {"EHLO", smtp_ehlo},         {"HELO", smtp_helo}, {"NOOP", smtp_ok},
-    {"RSET", smtp_ok},           {"QUIT", smtp_quit}, {"STARTTLS", smtp_starttls},
+    {"EHLO", smtp_ehlo}, {"HELO", smtp_helo}, {"NOOP", smtp_ok},
+    {"RSET", smtp_ok},   {"QUIT", smtp_quit}, {"STARTTLS", smtp_starttls},
 };
 
 static enum dialogue_action smtp_on_line(struct dialogue_server *ds, const char *line, size_t len,
@@ -131,10 +130,10 @@ static void smtp_fresh_greeting(const char *hostname, struct buf *out)
 /* ---- client side ---------------------------------------------------------- */
 
 enum smtp_backend_state {
-    SMTP_B_GREETING,     /* waiting for the 220 greeting */
-    SMTP_B_EHLO,         /* EHLO sent, reading its reply */
-    SMTP_B_STARTTLS,     /* STARTTLS sent, waiting for 220 */
-    SMTP_B_DONE,         /* nothing more is expected */
+    SMTP_B_GREETING, /* waiting for the 220 greeting */
+    SMTP_B_EHLO,     /* EHLO sent, reading its reply */
+    SMTP_B_STARTTLS, /* STARTTLS sent, waiting for 220 */
+    SMTP_B_DONE,     /* nothing more is expected */
 };
 
 struct smtp_reply_line {
@@ -211,8 +210,8 @@ static enum backend_step smtp_on_backend_line(struct dialogue_backend *db, const
             return BACKEND_NEED_MORE;
         db->lines = 0;
         if (!db->offers_starttls)
-            return backend_fail(db, "backend does not offer STARTTLS, refusing to downgrade",
-                                line, len);
+            return backend_fail(db, "backend does not offer STARTTLS, refusing to downgrade", line,
+                                len);
         buf_append_str(out, "STARTTLS\r\n");
         db->state = SMTP_B_STARTTLS;
         return BACKEND_NEED_MORE;

@@ -2,13 +2,12 @@
 
 Postfix is the real backend that the tests put behind sallyport. Each
 `Postfix` instance has its own config_directory, queue_directory,
-data_directory, log file and Maildirs under one directory, listens only on
-127.0.0.1 on three ephemeral ports, never uses DNS or the network, and delivers
-mail for its domains with virtual(8) into Maildirs. The system Postfix
-(/etc/postfix/main.cf, /var/spool/postfix, /var/lib/postfix) is neither used
-nor touched; it may be stopped and unconfigured (Debian's "No configuration").
-Only the installed programs and $meta_directory (/etc/postfix/postfix-files,
-dynamicmaps.cf) are shared.
+data_directory, log file and Maildirs, listens only on 127.0.0.1 on three
+ephemeral ports, never uses DNS or the network, and delivers mail for its
+domains with virtual(8) into Maildirs. The system Postfix (/etc/postfix/main.cf,
+master.cf, /var/spool/postfix, /var/lib/postfix) is neither used nor touched;
+it may be stopped and unconfigured (Debian's "No configuration"). Only the
+installed programs and $meta_directory (/etc/postfix/postfix-files) are shared.
 
 Ports, all on `pf.host` (127.0.0.1):
 
@@ -19,10 +18,10 @@ Ports, all on `pf.host` (127.0.0.1):
 Every port accepts mail for the instance's domains from anybody, and relays
 for 127.0.0.0/8 (mynetworks); no AUTH. Other domains use the error(8)
 transport, so smtpd rejects them at RCPT time (550 5.7.1 ... outbound mail is
-disabled in tests) and nothing ever leaves the machine.
+disabled in tests) and nothing ever leaves the machine. SIZE is 40000000.
 
-Fixtures (import the ones a test module uses into it; each stands alone and
-needs only the session `ca` fixture from conftest.py):
+Fixtures (import the ones a test module uses; each stands alone and needs only
+the session `ca` fixture of conftest.py):
 
     from postfix import postfix, postfix_factory, body_of, crlf_to_lf
 
@@ -30,74 +29,84 @@ needs only the session `ca` fixture from conftest.py):
         rcpt = postfix.new_address("route1.test")      # unique per call
         with smtplib.SMTP(postfix.host, postfix.starttls_port) as s:
             s.starttls(context=postfix.client_context())   # verifies against the CA
-            s.sendmail("a@route1.test", [rcpt], b"Subject: x\\r\\n\\r\\nhi\\r\\n")
+            s.sendmail("a@route1.test", [rcpt], b"Subject: x\r\n\r\nhi\r\n")
         (msg,) = postfix.wait_for_message(rcpt)
-        assert body_of(msg) == b"hi\\n"
+        assert body_of(msg) == b"hi\n"
 
     def test_b(postfix_factory):          # function-scoped factory: fresh instances
         pf = postfix_factory(["other.test"], hostname="mx.other.test")
 
-`postfix_module_factory` is the same factory with module scope; `postfix` is
-one module-scoped instance for route1.test and route2.test (note that
-`from postfix import postfix` makes the name refer to the fixture, not the
-module). A factory call takes domains, hostname (certificate CN and Postfix's
-myhostname, default "postfix.test"), sans (certificate names, default
-[hostname, "localhost", "127.0.0.1"]), cert/key (use these instead of issuing
-from the CA), extra_main_cf (dict of main.cf overrides). Instances are stopped
-at teardown, and at interpreter exit if teardown never ran.
+`postfix` is one module-scoped instance for route1.test and route2.test (note
+that `from postfix import postfix` makes the name refer to the fixture, not
+the module). `postfix_factory` (function scope) and `postfix_module_factory`
+(module scope) start instances on demand: factory(domains=("route1.test",
+"route2.test"), hostname="postfix.test" (Postfix's myhostname and the
+certificate's CN), sans=[hostname, "localhost", "127.0.0.1"] (certificate
+names), cert=None, key=None (use these instead of issuing from the CA),
+extra_main_cf=None (dict of main.cf overrides)). Fixture teardown closes the
+instances; so does interpreter exit for any the teardown never reached.
 
 Without fixtures: `Postfix(directory, cert, key, domains, hostname=...,
-ca_cert=..., extra_main_cf=..., start=True)`; also a context manager.
+ca_cert=..., extra_main_cf=..., start=True)`, also a context manager; call
+close() when done with it (stop() alone leaves its directory in /tmp).
 
-How start-up works: the constructor builds, under `directory`, etc/ (main.cf,
-master.cf, vmailbox table, private copies of cert and key: root-owned),
-spool/ (the queue directory with the sub-directories and owners that
-`postfix check` / post-install would create), lib/ (data_directory, owned by
-`postfix`), mail/ (Maildirs, owned by `nobody`) and maillog. start() picks
-three ports with conftest.free_port(), writes the config and runs
-`$daemon_directory/master -d -c etc/` (foreground, no detaching) under a
-small Python "reaper" parent (see _REAPER) in its own session, then polls
-until every port greets with this instance's 220 banner (~0.1 s). If master
-exits and `postfix check` finds nothing wrong (a port taken meanwhile), or a
-foreign listener answers, it retries with new ports. The reaper is a child
-subreaper (master's children outlive it by milliseconds and would otherwise
-sit as zombies until init reaps them) and has PR_SET_PDEATHSIG, so Postfix is
-stopped even when the test process is SIGKILLed (it dies with the *thread*
-that started it: start instances from the main thread).
-stop() does what `postfix stop` does, SIGTERM to master (which signals its
-process group), without its 1 s polling; it returns when every process is
-gone (~20 ms), SIGKILLing leftovers after 2 s. It is idempotent, and start()
-may be called again (new ports, same mail).
+How it works: the constructor creates /tmp/sallyport-postfix-XXXX (`pf.dir`,
+with a symlink to it at `directory`, see Gotchas) holding etc/ (main.cf,
+master.cf, the vmailbox table and private copies of cert and key; root-owned),
+spool/ (queue_directory, with the sub-directories, owners and modes that
+post-install would create, so `postfix check` is clean), lib/ (data_directory,
+owned by `postfix`), mail/ (Maildirs, written by `nobody`), maillog and
+master.out. start() picks three ports with conftest.free_port(), writes the
+config and runs `$daemon_directory/master -d -c etc/` (foreground, no
+detaching) under a small Python "reaper" parent (see _REAPER), then polls
+until every port greets with this instance's 220 banner, ~0.1 s. If master
+exits although `postfix check` finds nothing wrong, or another listener
+answers, a port was taken meanwhile, and it retries with new ports. The reaper
+is a child subreaper (master's children outlive it by milliseconds and would
+otherwise sit as zombies until init reaps them) and has PR_SET_PDEATHSIG, so
+Postfix stops even when the test process is SIGKILLed. stop() does what
+`postfix stop` does, SIGTERM to master (which signals its process group),
+minus its 1 s polling, and returns once every process is gone (~20 ms),
+SIGKILLing leftovers after 2 s; it is idempotent, and start() may be called
+again (new ports, same mail). close() stops and moves the directory from /tmp
+to `directory`, where it stays for inspection with the test's temp files.
 
 Delivered mail: each domain has one Maildir (catch-all virtual_mailbox_maps
 entry "@domain domain/"). `maildir(addr)` is its Path, `messages(addr)` the
 messages in its new/ whose Delivered-To is addr (all of them for "@domain"),
 oldest first, as raw bytes. Postfix stores messages with LF line endings (the
 CRLF of the SMTP DATA stream becomes LF, dot-stuffing is undone) and prepends
-Return-Path, X-Original-To, Delivered-To and Received headers; `body_of()`
-returns what follows the header block, `crlf_to_lf()` turns an expected wire
-body into the stored form. Delivery is asynchronous: use wait_for_message().
+Return-Path, X-Original-To, Delivered-To and Received headers (with TLS
+details for ESMTPS); `body_of()` returns what follows the header block,
+`crlf_to_lf()` turns the body sent on the wire into the stored form, and
+`header_values()` reads headers. Delivery is asynchronous: use
+wait_for_message(addr, count=1, timeout=30).
 
 Gotchas:
 - Needs root (master(8) starts as root, daemons drop to the `postfix` user,
   virtual(8) writes the Maildirs as `nobody`); the fixtures skip otherwise.
-- virtual(8) delivers as `nobody`, so every ancestor of the instance directory
-  must be searchable by others. Ancestors below the system temp dir that lack
-  o+x get it (search only, never read), e.g. /tmp/pytest-of-root, which
-  pytest resets to 0700 on its next run. Elsewhere, a clear error is raised.
+- Unprivileged Postfix processes use absolute paths in the instance (master
+  opens lib/master.lock as `postfix`, virtual(8) writes mail/ as `nobody`), so
+  every ancestor must be searchable by others. pytest's temp dirs are 0700,
+  and every pytest session that starts resets /tmp/pytest-of-USER to 0700
+  (which would break a concurrent session's Postfix), hence the instance in
+  /tmp while open. A SIGKILLed test run leaves /tmp/sallyport-postfix-XXXX.
 - Postfix keeps re-reading (300 ms steps) main.cf and tables whose mtime is
   the current second, in case they are still being edited: ~1.5 s lost per
   start. Config files are therefore written with an mtime 10 s in the past;
   change parameters with `reconfigure(name=value)`, not by editing main.cf.
 - master(8) binds with SO_REUSEPORT, so a port collision with another
   SO_REUSEPORT listener would not fail; the start-up check therefore demands
-  this instance's own banner token on every port.
+  this instance's token (`pf.token`) in the banner on every port. It is
+  appended to an smtpd_banner given in extra_main_cf that lacks it.
 - master(8) logs nothing to stdout/stderr; the log is `maillog_file`
-  (`log()`, written by postlogd). Fatal configuration errors that happen
-  before logging is up are only shown by `check()` (`postfix -c DIR check` on
-  a pty, since Postfix prints to stderr only when it is a terminal), whose
-  output start-up failures include in their message.
-- Log lines name the listener: postfix-test/plain|starttls|implicit/smtpd.
+  (`log()`, written by postlogd; lines name the listener, e.g.
+  postfix-test/starttls/smtpd). Fatal configuration errors that happen before
+  logging is up show only in `check()` (`postfix -c DIR check` on a pty:
+  Postfix prints to stderr only when it is a terminal); start-up failures
+  include its output.
+- The reaper dies with the *thread* that started it (PDEATHSIG semantics):
+  start instances from the main thread, not from a short-lived helper thread.
 """
 import atexit
 import functools
@@ -107,6 +116,7 @@ import pty
 import pwd
 import secrets
 import select
+import shutil
 import signal
 import socket
 import ssl
@@ -146,7 +156,7 @@ _QUEUE_DIRS = {
     "trace": (True, False, 0o700),
 }
 
-_live = set()   # started instances, stopped at exit if their fixture never tore down
+_open = set()   # instances not closed yet: closed at exit if their fixture never tore down
 
 # The parent of master(8): a child subreaper (so that master's children, which
 # outlive master by a few ms, are reaped here instead of lingering as zombies
@@ -286,20 +296,13 @@ def _write_config_file(path: Path, text: str, mode=0o644):
     os.utime(path, (past, past))
 
 
-def _make_searchable(path: Path):
-    """Ensures others may traverse every ancestor of `path` (virtual(8) delivers
-    as an unprivileged user). Adds o+x only below the system temp dir."""
-    tmp = Path(tempfile.gettempdir()).resolve()
-    for p in [path, *path.parents]:
-        st = p.stat()
-        if st.st_mode & stat.S_IXOTH:
-            continue
-        if tmp in p.parents:
-            os.chmod(p, stat.S_IMODE(st.st_mode) | stat.S_IXOTH)
-        else:
-            raise PostfixError(f"{p} is not searchable by others (mode "
-                               f"{stat.S_IMODE(st.st_mode):o}); put the Postfix "
-                               f"directory below {tmp}")
+def _searchable_temp_root() -> Path:
+    """A temp directory that unprivileged users can traverse (virtual(8) delivers
+    as one): $TMPDIR if every ancestor has o+x, else /tmp."""
+    for candidate in (Path(tempfile.gettempdir()).resolve(), Path("/tmp")):
+        if all(p.stat().st_mode & stat.S_IXOTH for p in [candidate, *candidate.parents]):
+            return candidate
+    raise PostfixError("no temp directory that others may traverse (need /tmp with o+x)")
 
 
 def _read_banner(host, port, tls_context=None, timeout=2.0):
@@ -366,12 +369,22 @@ class Postfix:
 
     host = "127.0.0.1"
 
+    config_dir = property(lambda self: self.dir / "etc")
+    queue_dir = property(lambda self: self.dir / "spool")
+    data_dir = property(lambda self: self.dir / "lib")
+    mail_dir = property(lambda self: self.dir / "mail")
+    log_path = property(lambda self: self.dir / "maillog")
+    master_out_path = property(lambda self: self.dir / "master.out")
+    cert = property(lambda self: self.config_dir / "cert.pem")
+    key = property(lambda self: self.config_dir / "key.pem")
+
     def __init__(self, directory, cert, key, domains=DEFAULT_DOMAINS, *,
                  hostname="postfix.test", ca_cert=None, extra_main_cf=None, start=True):
         if os.geteuid() != 0:
             raise PostfixError("the Postfix fixture must run as root")
         self.defaults = _postconf_defaults()
-        self.dir = Path(directory).resolve()
+        self.path = Path(directory).absolute()   # where the caller wants it
+        self.dir = None                            # where it is while open; see _prepare()
         self.domains = [d.lower().rstrip(".") for d in domains]
         if not self.domains:
             raise ValueError("at least one domain is needed")
@@ -379,14 +392,6 @@ class Postfix:
         self.ca_cert = Path(ca_cert).resolve() if ca_cert else None
         self.extra_main_cf = dict(extra_main_cf or {})
         self.token = secrets.token_hex(6)   # identifies our own banner
-        self.config_dir = self.dir / "etc"
-        self.queue_dir = self.dir / "spool"
-        self.data_dir = self.dir / "lib"
-        self.mail_dir = self.dir / "mail"
-        self.log_path = self.dir / "maillog"
-        self.master_out_path = self.dir / "master.out"
-        self.cert = self.config_dir / "cert.pem"
-        self.key = self.config_dir / "key.pem"
         self.plain_port = self.starttls_port = self.implicit_port = None
         self.proc = None          # the reaper process, parent of master
         self.master_pid = None    # also master's process group id
@@ -399,7 +404,11 @@ class Postfix:
             self._vuser = self._owner
         self._prepare(Path(cert), Path(key))
         if start:
-            self.start()
+            try:
+                self.start()
+            except BaseException:
+                self.close()
+                raise
 
     # -- set-up -------------------------------------------------------------------
 
@@ -409,8 +418,21 @@ class Postfix:
         os.chmod(path, mode)
 
     def _prepare(self, cert: Path, key: Path):
-        self.dir.mkdir(parents=True, exist_ok=True)
-        _make_searchable(self.dir)
+        # Unprivileged Postfix processes (master drops to `postfix` to open
+        # data_directory/master.lock, virtual(8) writes Maildirs as `nobody`, ...)
+        # need every ancestor of the instance to be searchable by others.
+        # pytest's temp dirs are 0700, and each pytest session that starts resets
+        # /tmp/pytest-of-USER to 0700, so the instance lives in a directory of
+        # its own in /tmp while open, `path` being a symlink to it; close()
+        # moves it to `path`.
+        if self.path.exists() or self.path.is_symlink():
+            raise PostfixError(f"{self.path} already exists")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.dir = Path(tempfile.mkdtemp(prefix="sallyport-postfix-",
+                                         dir=_searchable_temp_root()))
+        os.chmod(self.dir, 0o755)
+        self.path.symlink_to(self.dir)
+        _open.add(self)
         own = self._owner.pw_uid
         self._mkdir(self.config_dir, 0, 0, 0o755)
         self._mkdir(self.queue_dir, 0, 0, 0o755)
@@ -418,7 +440,7 @@ class Postfix:
         for name, (owned, setgid, mode) in _QUEUE_DIRS.items():
             self._mkdir(self.queue_dir / name, own if owned else 0,
                         self._setgid_group.gr_gid if setgid else 0, mode)
-        self._mkdir(self.mail_dir, self._vuser.pw_uid, self._vuser.pw_gid, 0o755)
+        self._mkdir(self.mail_dir, self._vuser.pw_uid, self._vuser.pw_gid, 0o700)
         # Private copies: a running smtpd re-reads these on every process start,
         # so they must not change under it (CertAuthority.issue overwrites by name).
         _write_config_file(self.cert, cert.read_text())
@@ -550,13 +572,14 @@ postlog   unix-dgram n - n - 1 postlogd
         answers, i.e. a port was taken since free_port() saw it free. Returns self."""
         if self.running():
             return self
+        if self not in _open:
+            raise PostfixError("this Postfix instance is closed")
         error = None
         for _ in range(3):
             self.plain_port, self.starttls_port, self.implicit_port = _three_free_ports()
             self._write_config()
             try:
                 self._start_master(timeout)
-                _live.add(self)
                 return self
             except PostfixError as e:
                 exited = self.proc is not None and self.proc.poll() is not None
@@ -613,7 +636,6 @@ postlog   unix-dgram n - n - 1 postlogd
         """Stops every process of this Postfix and waits until they are gone: what
         `postfix stop` does (SIGTERM to master, which signals its process group),
         minus its 1 s polling. Safe to call repeatedly."""
-        _live.discard(self)
         proc, self.proc = self.proc, None
         if proc is None:
             return
@@ -651,8 +673,29 @@ postlog   unix-dgram n - n - 1 postlogd
     def __enter__(self):
         return self
 
-    def __exit__(self, *exc):
+    def close(self):
+        """stop(), then move the instance from its /tmp directory to `path`
+        (replacing the symlink), where it stays for inspection with the test's
+        other temp files. log(), messages() etc. keep working; start() does not.
+        Safe to call repeatedly."""
         self.stop()
+        if self not in _open:
+            return
+        _open.discard(self)
+        if self.path.is_symlink():
+            self.path.unlink()
+        try:
+            os.rename(self.dir, self.path)
+        except OSError:     # another file system: copy what can be copied
+            shutil.copytree(self.dir, self.path, symlinks=True,
+                            ignore=lambda d, names: [n for n in names if not (
+                                os.path.isdir(os.path.join(d, n))
+                                or os.path.isfile(os.path.join(d, n)))])
+            shutil.rmtree(self.dir)
+        self.dir = self.path
+
+    def __exit__(self, *exc):
+        self.close()
 
     def __repr__(self):
         return (f"<Postfix {self.dir} plain={self.plain_port} starttls={self.starttls_port}"
@@ -765,10 +808,10 @@ postlog   unix-dgram n - n - 1 postlogd
 
 
 @atexit.register
-def _stop_all():
-    for pf in list(_live):
+def _close_all():
+    for pf in list(_open):
         try:
-            pf.stop()
+            pf.close()
         except Exception:
             pass
 
@@ -790,40 +833,40 @@ def _make_factory(ca, directory_for):
         pf.start()
         return pf
 
-    def stop_all():
+    def close_all():
         errors = []
         for pf in started:
             try:
-                pf.stop()
+                pf.close()
             except PostfixError as e:
                 errors.append(e)
         if errors:
             raise errors[0]
 
-    return factory, stop_all
+    return factory, close_all
 
 
 @pytest.fixture
 def postfix_factory(ca, tmp_path):
     """Function-scoped: postfix_factory(domains, ...) starts a fresh Postfix."""
-    factory, stop_all = _make_factory(ca, lambda i: tmp_path / f"postfix{i}")
+    factory, close_all = _make_factory(ca, lambda i: tmp_path / f"postfix{i}")
     yield factory
-    stop_all()
+    close_all()
 
 
 @pytest.fixture(scope="module")
 def postfix_module_factory(ca, tmp_path_factory):
     """Module-scoped: instances live until the end of the test module."""
     base = tmp_path_factory.mktemp("postfix")
-    factory, stop_all = _make_factory(ca, lambda i: base / f"postfix{i}")
+    factory, close_all = _make_factory(ca, lambda i: base / f"postfix{i}")
     yield factory
-    stop_all()
+    close_all()
 
 
 @pytest.fixture(scope="module")
 def postfix(ca, tmp_path_factory):
     """A module-scoped Postfix for route1.test and route2.test (needs no other import)."""
     base = tmp_path_factory.mktemp("postfix")
-    factory, stop_all = _make_factory(ca, lambda i: base / f"postfix{i}")
+    factory, close_all = _make_factory(ca, lambda i: base / f"postfix{i}")
     yield factory(DEFAULT_DOMAINS)
-    stop_all()
+    close_all()

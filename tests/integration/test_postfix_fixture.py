@@ -1,6 +1,7 @@
 """Self-test of the private Postfix backend (postfix.py): every port delivers into
 the right Maildir with the exact body, TLS is what each port promises, and
 stopping leaves nothing behind."""
+import shutil
 import smtplib
 import socket
 import ssl
@@ -139,6 +140,10 @@ def test_postfix_dies_with_the_test_process(ca, tmp_path):
     while _group_members(master_pid) and time.monotonic() < deadline:
         time.sleep(0.02)
     assert _group_members(master_pid) == []
+    # the one thing a killed run leaves: the instance directory in /tmp
+    orphan = (tmp_path / "pf").resolve()
+    assert orphan.name.startswith("sallyport-postfix-")
+    shutil.rmtree(orphan)
 
 
 def test_unverified_client_sees_ca_issued_cert(postfix):

@@ -10,7 +10,6 @@ Raw sockets throughout, so every byte sallyport sends is checked exactly.
 """
 import re
 import select
-import socket
 import ssl
 import time
 import warnings
@@ -18,7 +17,7 @@ import warnings
 import pytest
 
 from conftest import free_port
-from fakebackend import (GO_AHEAD, GREETING, HOSTNAME, MUST_STARTTLS, FakeBackend, Gateway,
+from fakebackend import (GREETING, HOSTNAME, MUST_STARTTLS, FakeBackend, Gateway,
                          assert_alive, cleartext_to_go_ahead, client_context, client_hello,
                          connect, read_line, read_reply, recv_line, recv_until_closed, send,
                          server_context, smtp_server, tls)
