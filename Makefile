@@ -36,7 +36,7 @@ $(BUILD)/%.o: %.c
 TEST_MODULES_test_clienthello := clienthello
 TEST_MODULES_test_config      := config config_read config_value service sock tls log
 TEST_MODULES_test_mailbox     := smtp_data smtp_syntax userdb maildir log
-TEST_MODULES_test_dialogue    := dialogue/smtp dialogue/dialogue log
+TEST_MODULES_test_dialogue    := dialogue/smtp dialogue/imap dialogue/pop3 dialogue/sieve dialogue/dialogue log
 TEST_MODULES_test_route       := route tls log
 UNIT_SRCS := $(wildcard tests/unit/test_*.c)
 UNIT_BINS := $(UNIT_SRCS:tests/unit/%.c=$(BUILD)/tests/%)

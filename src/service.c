@@ -5,6 +5,11 @@
 static const struct service_info services[SERVICE_COUNT] = {
     [SERVICE_SUBMISSIONS] = {"submissions", PROTO_SMTP, TLS_IMPLICIT, 465},
     [SERVICE_SUBMISSION] = {"submission", PROTO_SMTP, TLS_STARTTLS, 587},
+    [SERVICE_IMAPS] = {"imaps", PROTO_IMAP, TLS_IMPLICIT, 993},
+    [SERVICE_IMAP] = {"imap", PROTO_IMAP, TLS_STARTTLS, 143},
+    [SERVICE_POP3S] = {"pop3s", PROTO_POP3, TLS_IMPLICIT, 995},
+    [SERVICE_POP3] = {"pop3", PROTO_POP3, TLS_STARTTLS, 110},
+    [SERVICE_SIEVE] = {"sieve", PROTO_SIEVE, TLS_STARTTLS, 4190},
 };
 
 static const char *const flavour_names[] = {
@@ -15,6 +20,9 @@ static const char *const flavour_names[] = {
 
 static const char *const proto_names[PROTO_COUNT] = {
     [PROTO_SMTP] = "smtp",
+    [PROTO_IMAP] = "imap",
+    [PROTO_POP3] = "pop3",
+    [PROTO_SIEVE] = "sieve",
 };
 
 const struct service_info *service_info(enum service service)

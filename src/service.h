@@ -5,7 +5,7 @@
 
 #include <stdint.h>
 
-enum proto { PROTO_SMTP, PROTO_COUNT };
+enum proto { PROTO_SMTP, PROTO_IMAP, PROTO_POP3, PROTO_SIEVE, PROTO_COUNT };
 
 enum tls_flavour {
     TLS_PLAIN,    /* cleartext, no TLS at all (backends only) */
@@ -13,7 +13,16 @@ enum tls_flavour {
     TLS_STARTTLS, /* cleartext dialogue, then STARTTLS (587, 143, 110, 4190) */
 };
 
-enum service { SERVICE_SUBMISSIONS, SERVICE_SUBMISSION, SERVICE_COUNT };
+enum service {
+    SERVICE_SUBMISSIONS, /* SMTP submission, implicit TLS, 465 (RFC 8314) */
+    SERVICE_SUBMISSION,  /* SMTP submission, STARTTLS, 587 (RFC 6409) */
+    SERVICE_IMAPS,       /* IMAP, implicit TLS, 993 */
+    SERVICE_IMAP,        /* IMAP, STARTTLS, 143 */
+    SERVICE_POP3S,       /* POP3, implicit TLS, 995 */
+    SERVICE_POP3,        /* POP3, STARTTLS (STLS), 110 */
+    SERVICE_SIEVE,       /* ManageSieve, STARTTLS only, 4190 (RFC 5804) */
+    SERVICE_COUNT
+};
 
 struct service_info {
     const char *name; /* "submissions" */

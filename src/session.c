@@ -593,8 +593,10 @@ static void on_prelude_line(struct session *s, size_t line_start, size_t line_le
     case BACKEND_GREETED:
         if (!backend_said_nothing_more(s))
             return;
-        if (s->client_greeted)
-            buf_consume(&s->down, s->prelude_seen); /* the client has our greeting */
+        /* A client greeted by us must not see a second greeting, unless
+         * the protocol greets again after STARTTLS (ManageSieve). */
+        if (s->client_greeted && !s->dialogue->greets_after_starttls)
+            buf_consume(&s->down, s->prelude_seen);
         start_relay(s);
         return;
     case BACKEND_TLS_READY:
@@ -679,8 +681,9 @@ static void on_backend_handshake_io(struct session *s)
         on_prelude_io(s, EV_READ);               /* it may already be decrypted */
         return;
     }
-    /* STARTTLS backend: its greeting went to the dance. */
-    if (!s->client_greeted)
+    /* STARTTLS backend: its greeting went to the dance. A protocol that
+     * greets after STARTTLS gets that from the backend itself. */
+    if (!s->client_greeted && !s->dialogue->greets_after_starttls)
         s->dialogue->fresh_greeting(s->listener->hostname, &s->down);
     start_relay(s);
 }

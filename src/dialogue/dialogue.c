@@ -1,3 +1,4 @@
+#include <ctype.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
@@ -6,10 +7,16 @@
 #include "dialogue/dialogue.h"
 
 extern const struct dialogue dialogue_smtp;
+extern const struct dialogue dialogue_imap;
+extern const struct dialogue dialogue_pop3;
+extern const struct dialogue dialogue_sieve;
 
 /* One line per protocol. */
 static const struct dialogue *const dialogues[PROTO_COUNT] = {
     [PROTO_SMTP] = &dialogue_smtp,
+    [PROTO_IMAP] = &dialogue_imap,
+    [PROTO_POP3] = &dialogue_pop3,
+    [PROTO_SIEVE] = &dialogue_sieve,
 };
 
 const struct dialogue *dialogue_for(enum proto proto)
@@ -56,4 +63,43 @@ void dialogue_printf(struct buf *out, const char *fmt, ...)
     if ((size_t)n >= sizeof text)
         return;
     buf_append(out, text, (size_t)n);
+}
+
+bool dialogue_ends_with_literal(const char *line, size_t len)
+{
+    if (len < 3 || line[len - 1] != '}')
+        return false;
+    size_t i = len - 1;
+    if (line[i - 1] == '+')
+        i--;
+    size_t digits_end = i;
+    while (i > 0 && isdigit((unsigned char)line[i - 1]))
+        i--;
+    return i < digits_end && i > 0 && line[i - 1] == '{';
+}
+
+const char *dialogue_argument(const char *line, size_t len, size_t skip)
+{
+    for (size_t i = skip; i < len; i++) {
+        if (line[i] != ' ')
+            return line + i;
+    }
+    return NULL;
+}
+
+void dialogue_quote(char *out, size_t max, const char *line, size_t len)
+{
+    size_t n = len < max ? len : max;
+    for (size_t i = 0; i < n; i++)
+        out[i] = isprint((unsigned char)line[i]) ? line[i] : '?';
+    out[n] = '\0';
+}
+
+enum backend_step dialogue_backend_fail(struct dialogue_backend *db, const char *why,
+                                        const char *line, size_t len)
+{
+    char safe[64];
+    dialogue_quote(safe, sizeof safe - 1, line, len);
+    snprintf(db->reason, sizeof db->reason, "%s: \"%s\"", why, safe);
+    return BACKEND_FAILED;
 }

@@ -62,6 +62,10 @@ struct dialogue_backend {
 struct dialogue {
     enum proto proto;
     const char *name;
+    /* The server speaks first again after STARTTLS (ManageSieve re-sends its
+     * capabilities, RFC 5804 2.2): a backend's greeting is then passed on to
+     * a client sallyport already greeted, instead of being swallowed. */
+    bool greets_after_starttls;
 
     /* Server side. greet() queues the greeting. on_line() gets one complete
      * line (without CRLF, len <= DIALOGUE_LINE_MAX) and queues the reply. */
@@ -95,7 +99,28 @@ void dialogue_backend_init(struct dialogue_backend *db, const struct dialogue *d
                            enum backend_mode mode, const char *hostname);
 
 /* Helpers for protocol files. */
+
+/* True if line[0..len) starts with `verb` (any case) followed by a space or
+ * the end of the line. */
 bool dialogue_verb_is(const char *line, size_t len, const char *verb);
+
+/* True if line[0..len) ends with an IMAP/ManageSieve literal announcement:
+ * "{N}", "{N+}" or "~{N}" (RFC 9051 4.3, RFC 7888). */
+bool dialogue_ends_with_literal(const char *line, size_t len);
+
+/* The argument after the first `skip` bytes (spaces skipped), within
+ * line[0..len), or NULL when only spaces follow. Never reads past len. */
+const char *dialogue_argument(const char *line, size_t len, size_t skip);
+
+/* Appends a formatted reply; one that does not fit is dropped whole. */
 void dialogue_printf(struct buf *out, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+/* Copies at most `max` printable bytes of a peer's line into out (size
+ * max + 1), replacing others with '?', for failure reasons. */
+void dialogue_quote(char *out, size_t max, const char *line, size_t len);
+
+/* Records why a backend failed (with the offending line) and returns FAILED. */
+enum backend_step dialogue_backend_fail(struct dialogue_backend *db, const char *why,
+                                        const char *line, size_t len);
 
 #endif

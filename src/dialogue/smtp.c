@@ -30,21 +30,10 @@ static enum dialogue_action smtp_error(struct dialogue_server *ds, struct buf *o
     return DIALOGUE_CONTINUE;
 }
 
-/* The argument after the verb within line[0..len), or NULL when there is
- * none (only spaces, or nothing). Never reads past len. */
-static const char *argument_of(const char *line, size_t len, size_t verb_len)
-{
-    for (size_t i = verb_len; i < len; i++) {
-        if (line[i] != ' ')
-            return line + i;
-    }
-    return NULL;
-}
-
 static enum dialogue_action smtp_ehlo(struct dialogue_server *ds, const char *line, size_t len,
                                       struct buf *out)
 {
-    if (!argument_of(line, len, 4))
+    if (!dialogue_argument(line, len, 4))
         return smtp_error(ds, out, "501 5.5.4 Syntax: EHLO hostname\r\n");
     dialogue_printf(out, "250-%s\r\n250-ENHANCEDSTATUSCODES\r\n250 STARTTLS\r\n", ds->hostname);
     return DIALOGUE_CONTINUE;
@@ -53,7 +42,7 @@ static enum dialogue_action smtp_ehlo(struct dialogue_server *ds, const char *li
 static enum dialogue_action smtp_helo(struct dialogue_server *ds, const char *line, size_t len,
                                       struct buf *out)
 {
-    if (!argument_of(line, len, 4))
+    if (!dialogue_argument(line, len, 4))
         return smtp_error(ds, out, "501 5.5.4 Syntax: HELO hostname\r\n");
     dialogue_printf(out, "250 %s\r\n", ds->hostname);
     return DIALOGUE_CONTINUE;
@@ -78,7 +67,7 @@ static enum dialogue_action smtp_quit(struct dialogue_server *ds, const char *li
 static enum dialogue_action smtp_starttls(struct dialogue_server *ds, const char *line, size_t len,
                                           struct buf *out)
 {
-    if (argument_of(line, len, 8))
+    if (dialogue_argument(line, len, 8))
         return smtp_error(ds, out, "501 5.5.4 Syntax: STARTTLS\r\n");
     buf_append_str(out, "220 2.0.0 Ready to start TLS\r\n");
     return DIALOGUE_STARTTLS;
@@ -161,14 +150,8 @@ static bool parse_reply_line(const char *line, size_t len, struct smtp_reply_lin
 static enum backend_step backend_fail(struct dialogue_backend *db, const char *why,
                                       const char *line, size_t len)
 {
-    size_t shown = len > 60 ? 60 : len;
-    char safe[64];
-    for (size_t i = 0; i < shown; i++)
-        safe[i] = isprint((unsigned char)line[i]) ? line[i] : '?';
-    safe[shown] = '\0';
-    snprintf(db->reason, sizeof db->reason, "%s: \"%s\"", why, safe);
     db->state = SMTP_B_DONE;
-    return BACKEND_FAILED;
+    return dialogue_backend_fail(db, why, line, len);
 }
 
 static void smtp_backend_start(struct dialogue_backend *db)

@@ -25,6 +25,12 @@ A script that runs out of steps reads and records until the peer closes
 
 Every socket operation is bounded (`timeout`); `close()` (or the context
 manager) stops the listener and every connection thread.
+
+The client side of the tests lives here too: `connect` (a bounded raw
+socket), `read_line` / `read_reply` (byte-exact, never reading past the
+reply), `recv_until_closed`, `client_hello` (the bytes of a real ClientHello),
+`cleartext_to_go_ahead` (a STARTTLS listener up to "220 Ready"), and
+`Gateway` (a running sallyport, its listener port and its fake backend).
 """
 import socket
 import ssl

@@ -323,6 +323,11 @@ static void test_mailbox_as_backend(void **state)
     assert_false(b->verify);
     assert_ptr_equal(c->routes[0].backend, b);
     for (int s = 0; s < SERVICE_COUNT; s++) {
+        /* A mailbox speaks SMTP only: no IMAP, POP3 or Sieve endpoints. */
+        if (service_info((enum service)s)->proto != PROTO_SMTP) {
+            assert_false(b->endpoints[s].set);
+            continue;
+        }
         assert_true(b->endpoints[s].set);
         assert_int_equal(b->endpoints[s].tls, TLS_PLAIN);
         assert_string_equal(b->endpoints[s].host, "127.0.0.1");
@@ -477,8 +482,8 @@ static void test_bad_values(void **state)
                   "cfg:4: max_errors: bad number '-1' (expected a positive whole number)\n"
                   "cfg:5: log_level: unknown log level 'loud' (expected debug, info, warn or "
                   "error)\n"
-                  "cfg:16: service: unknown service 'smtps' (expected submissions or "
-                  "submission)\n"
+                  "cfg:16: service: unknown service 'smtps' (expected submissions, "
+                  "submission, imaps, imap, pop3s, pop3 or sieve)\n"
                   "cfg:19: verify: bad boolean 'maybe' (expected yes or no)\n"
                   "cfg:20: submissions: unknown TLS flavour 'tls' after the address (expected "
                   "plain, implicit or starttls)\n"
