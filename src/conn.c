@@ -126,11 +126,23 @@ bool conn_pending(const struct conn *c)
     return c->ssl && SSL_pending(c->ssl) > 0;
 }
 
-void conn_close(struct conn *c)
+void conn_shutdown_write(struct conn *c)
 {
     if (c->ssl) {
         ERR_clear_error();
         if (SSL_is_init_finished(c->ssl))
+            SSL_shutdown(c->ssl); /* best effort close_notify; never waits */
+        ERR_clear_error();
+    }
+    if (c->fd >= 0)
+        shutdown(c->fd, SHUT_WR);
+}
+
+void conn_close(struct conn *c)
+{
+    if (c->ssl) {
+        ERR_clear_error();
+        if (SSL_is_init_finished(c->ssl) && !(SSL_get_shutdown(c->ssl) & SSL_SENT_SHUTDOWN))
             SSL_shutdown(c->ssl); /* best effort close_notify; never waits */
         SSL_free(c->ssl);
         c->ssl = NULL;

@@ -46,6 +46,10 @@ int conn_handshake(struct conn *c);
  * readable for them). */
 bool conn_pending(const struct conn *c);
 
+/* Ends the write direction: close_notify if TLS, then a TCP FIN. The conn
+ * must not be written to afterwards; reading its raw socket is still fine. */
+void conn_shutdown_write(struct conn *c);
+
 /* Sends close_notify if TLS, then closes the socket. Safe to call twice. */
 void conn_close(struct conn *c);
 

@@ -35,6 +35,12 @@
 #define REPLY_BACKLOG_MAX 4096
 /* Seconds allowed to flush a final reply before the socket is closed anyway. */
 #define DRAIN_TIMEOUT 5.0
+/* After a final reply, client input is discarded for at most this long (and
+ * this many bytes) before the close: closing a socket with unread input makes
+ * the kernel send a reset, which can destroy the reply before the client
+ * reads it (the "lingering close" of nginx and Apache). */
+#define LINGER_TIMEOUT   2.0
+#define LINGER_BYTES_MAX (64 * 1024)
 
 enum session_state {
     SESSION_CLEARTEXT,         /* starttls listener: cleartext commands until STARTTLS */
@@ -45,6 +51,7 @@ enum session_state {
     SESSION_BACKEND_HANDSHAKE, /* terminate: TLS handshake with a TLS backend */
     SESSION_RELAY,             /* bytes both ways until both directions end */
     SESSION_DRAINING,          /* a last reply is queued for the client; close once sent */
+    SESSION_LINGERING,         /* reply sent, write side shut: discarding input until EOF */
     SESSION_CLOSED,            /* done; freed when the current callback returns */
 };
 
@@ -57,6 +64,7 @@ static const char *const state_names[] = {
     [SESSION_BACKEND_HANDSHAKE] = "backend-handshake",
     [SESSION_RELAY] = "relay",
     [SESSION_DRAINING] = "draining",
+    [SESSION_LINGERING] = "lingering",
     [SESSION_CLOSED] = "closed",
 };
 
@@ -88,7 +96,8 @@ struct session {
     bool client_checked;   /* the first byte after STARTTLS was seen to be TLS */
     int client_hs_wait;    /* events the client handshake is blocked on */
     int backend_hs_wait;
-    int drain_wait; /* events the final flush is blocked on */
+    int drain_wait;        /* events the final flush is blocked on */
+    size_t lingered_bytes; /* client input discarded while lingering */
 
     const struct cfg_route *route;
     const struct endpoint *endpoint;
@@ -186,6 +195,9 @@ static void on_timer(struct ev_loop *loop, ev_timer *w, int revents)
         session_close(s, s->close_level, "%s (final reply not delivered)", reason);
         break;
     }
+    case SESSION_LINGERING:
+        session_enter(s, SESSION_CLOSED); /* close_reason was set on the way in */
+        break;
     case SESSION_CLOSED:
         break;
     }
@@ -722,12 +734,44 @@ static void on_relay_io(struct session *s)
 
 /* ---- event dispatch ------------------------------------------------------- */
 
+/* The final reply is out: say goodbye (close_notify, FIN) and discard what
+ * the client still sends, so that the close is not a reset. */
+static void begin_lingering(struct session *s)
+{
+    conn_shutdown_write(&s->client);
+    s->lingered_bytes = 0;
+    session_enter(s, SESSION_LINGERING);
+    arm_timer(s, LINGER_TIMEOUT);
+}
+
 static void on_draining_io(struct session *s)
 {
     if (!flush_client(s, &s->drain_wait))
         return;
     if (buf_empty(&s->down))
-        session_enter(s, SESSION_CLOSED); /* close_reason was set on the way in */
+        begin_lingering(s);
+}
+
+/* Client input after the final reply is never interpreted: it is read from
+ * the socket (raw, even under TLS) and dropped, until EOF, an error, the
+ * byte bound or the linger timer. close_reason was set on the way in. */
+static void on_lingering_io(struct session *s)
+{
+    unsigned char scratch[4096];
+    for (;;) {
+        ssize_t n = recv(s->client.fd, scratch, sizeof scratch, 0);
+        if (n > 0) {
+            s->lingered_bytes += (size_t)n;
+            if (s->lingered_bytes <= LINGER_BYTES_MAX)
+                continue;
+        } else if (n < 0 && errno == EINTR) {
+            continue;
+        } else if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+            return;
+        }
+        session_enter(s, SESSION_CLOSED);
+        return;
+    }
 }
 
 /* Advances the session after any event, whichever side it came from. */
@@ -758,6 +802,9 @@ static void session_advance(struct session *s, int client_revents, int backend_r
         break;
     case SESSION_DRAINING:
         on_draining_io(s);
+        break;
+    case SESSION_LINGERING:
+        on_lingering_io(s);
         break;
     case SESSION_CLOSED:
         break;
@@ -813,6 +860,9 @@ static void wanted_events(const struct session *s, int *client, int *backend)
         break;
     case SESSION_DRAINING:
         *client = s->drain_wait ? s->drain_wait : EV_WRITE;
+        break;
+    case SESSION_LINGERING:
+        *client = EV_READ;
         break;
     case SESSION_CLOSED:
         break;
