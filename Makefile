@@ -37,6 +37,9 @@ TEST_MODULES_test_clienthello := clienthello
 TEST_MODULES_test_config      := config config_read config_value service sock tls log
 TEST_MODULES_test_mailbox     := smtp_data smtp_syntax userdb maildir log
 TEST_MODULES_test_dialogue    := dialogue/smtp dialogue/imap dialogue/pop3 dialogue/sieve dialogue/dialogue log
+TEST_MODULES_test_dialogue_imap  := dialogue/smtp dialogue/imap dialogue/pop3 dialogue/sieve dialogue/dialogue log
+TEST_MODULES_test_dialogue_pop3  := dialogue/smtp dialogue/imap dialogue/pop3 dialogue/sieve dialogue/dialogue log
+TEST_MODULES_test_dialogue_sieve := dialogue/smtp dialogue/imap dialogue/pop3 dialogue/sieve dialogue/dialogue log
 TEST_MODULES_test_route       := route tls log
 UNIT_SRCS := $(wildcard tests/unit/test_*.c)
 UNIT_BINS := $(UNIT_SRCS:tests/unit/%.c=$(BUILD)/tests/%)
@@ -55,6 +58,15 @@ unit: $(UNIT_BINS)
 
 integration: $(BIN)
 	cd tests/integration && SALLYPORT=$(abspath $(BIN)) $(PYTHON) -m pytest -q -ra $(PYTEST_ARGS)
+
+# The integration suite against an ASan+UBSan build: any report aborts the
+# daemon or lands in its log, and conftest.py fails the test that saw it.
+ASAN_VARS := CC=clang BUILD=build/asan BIN=build/asan/sallyport \
+	OPT="-O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all"
+asan:
+	$(MAKE) $(ASAN_VARS) build/asan/sallyport
+	ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 UBSAN_OPTIONS=print_stacktrace=1 \
+	    $(MAKE) $(ASAN_VARS) integration
 
 # The same sources must build warning-free with clang too.
 clang:
@@ -79,5 +91,70 @@ format-check:
 
 clean:
 	rm -rf $(BUILD) sallyport
+
+# Fuzzing (libFuzzer, clang): every parser that reads network or config bytes.
+#   make fuzz        build each fuzz/fuzz_X.c into build/fuzz/ and run it FUZZ_SECONDS
+#   make fuzz-smoke  the same for FUZZ_SMOKE_SECONDS (what make check runs)
+# Each target runs on build/fuzz/corpus/X, a scratch copy of fuzz/corpus/X, so
+# generated inputs are never committed; its full log is build/fuzz/fuzz_X.log
+# and a crashing input lands in build/fuzz/artifacts/X-crash-*. Fails if any
+# target crashes, leaks, times out or breaks an invariant.
+FUZZ_CC            ?= clang
+FUZZ_DIR           := build/fuzz
+FUZZ_SECONDS       ?= 60
+FUZZ_SMOKE_SECONDS ?= 10
+FUZZ_CFLAGS := -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined -g -O1 \
+	$(CSTD) $(WARN) $(PKG_CFLAGS) -Isrc
+FUZZ_TARGETS := clienthello dialogue_server dialogue_backend smtp_data config
+FUZZ_DIALOGUE_SRCS := src/dialogue/smtp.c src/dialogue/imap.c src/dialogue/pop3.c \
+	src/dialogue/sieve.c src/dialogue/dialogue.c src/log.c
+FUZZ_SRCS_clienthello      := src/clienthello.c
+FUZZ_SRCS_dialogue_server  := $(FUZZ_DIALOGUE_SRCS)
+FUZZ_SRCS_dialogue_backend := $(FUZZ_DIALOGUE_SRCS)
+FUZZ_SRCS_smtp_data        := src/smtp_data.c
+FUZZ_SRCS_config := src/config.c src/config_read.c src/config_value.c src/service.c \
+	src/sock.c src/tls.c src/log.c
+FUZZ_LIBS_config := $(shell pkg-config --libs openssl inih 2>/dev/null)
+FUZZ_MAXLEN_clienthello      := 17000
+FUZZ_MAXLEN_dialogue_server  := 4096
+FUZZ_MAXLEN_dialogue_backend := 4096
+FUZZ_MAXLEN_smtp_data        := 65536
+FUZZ_MAXLEN_config           := 4096
+FUZZ_BINS := $(FUZZ_TARGETS:%=$(FUZZ_DIR)/fuzz_%)
+
+$(FUZZ_DIR)/fuzz_%: fuzz/fuzz_%.c $$(FUZZ_SRCS_$$*) $(wildcard src/*.h src/dialogue/*.h)
+	@mkdir -p $(dir $@)
+	$(FUZZ_CC) $(FUZZ_CFLAGS) -o $@ $< $(FUZZ_SRCS_$*) $(FUZZ_LIBS_$*)
+
+# $(call fuzz_run,SECONDS): runs every target in turn; prints each one's
+# "Done N runs in S second(s)" and final coverage, or the tail of its log.
+define fuzz_run
+	@failed=""; \
+	for tm in $(foreach t,$(FUZZ_TARGETS),$(t):$(FUZZ_MAXLEN_$(t))); do \
+	    t=$${tm%%:*}; maxlen=$${tm#*:}; \
+	    corpus=$(FUZZ_DIR)/corpus/$$t; log=$(FUZZ_DIR)/fuzz_$$t.log; \
+	    mkdir -p $$corpus $(FUZZ_DIR)/artifacts; \
+	    cp -r fuzz/corpus/$$t/. $$corpus/; \
+	    echo "== fuzz_$$t: $(1) s, -max_len=$$maxlen, corpus $$corpus, log $$log"; \
+	    if $(FUZZ_DIR)/fuzz_$$t -max_total_time=$(1) -max_len=$$maxlen -timeout=10 \
+	        -print_final_stats=1 -artifact_prefix=$(FUZZ_DIR)/artifacts/$$t- \
+	        $$corpus >$$log 2>&1; then \
+	        grep -E '^#[0-9]+[[:space:]]+DONE|^Done [0-9]+ runs' $$log; \
+	    else \
+	        tail -n 60 $$log; \
+	        art=$$(sed -n 's/.*Test unit written to //p' $$log | tail -n 1); \
+	        echo "== fuzz_$$t FAILED: reproduce with $(FUZZ_DIR)/fuzz_$$t $${art:-(see $$log)}"; \
+	        failed="$$failed $$t"; \
+	    fi; \
+	done; \
+	if [ -n "$$failed" ]; then echo "== fuzzing failed:$$failed"; exit 1; fi
+endef
+
+.PHONY: fuzz fuzz-smoke
+fuzz: $(FUZZ_BINS)
+	$(call fuzz_run,$(FUZZ_SECONDS))
+
+fuzz-smoke: $(FUZZ_BINS)
+	$(call fuzz_run,$(FUZZ_SMOKE_SECONDS))
 
 -include $(OBJS:.o=.d)

@@ -37,10 +37,10 @@ static enum dialogue_action imap_error(struct dialogue_server *ds, struct buf *o
     return DIALOGUE_CONTINUE;
 }
 
-/* RFC 9051 tag: ASTRING-CHAR except "+", no controls, no specials. */
+/* RFC 9051 tag: any ASTRING-CHAR (atom characters and "]") except "+". */
 static bool is_tag_char(unsigned char c)
 {
-    return c > 0x20 && c < 0x7f && !strchr("(){%*\"\\]+", c);
+    return c > 0x20 && c < 0x7f && !strchr("(){%*\"\\+", c);
 }
 
 static enum dialogue_action imap_capability(struct dialogue_server *ds, const char *args,
@@ -64,7 +64,8 @@ static enum dialogue_action imap_noop(struct dialogue_server *ds, const char *ar
 static enum dialogue_action imap_logout(struct dialogue_server *ds, const char *args,
                                         struct buf *out)
 {
-    (void)args;
+    if (args)
+        return imap_error(ds, out, "BAD LOGOUT takes no arguments");
     dialogue_printf(out, "* BYE %s logging out\r\n%s OK LOGOUT completed\r\n", ds->hostname,
                     ds->tag);
     return DIALOGUE_CLOSE;
@@ -127,12 +128,12 @@ static enum dialogue_action imap_on_line(struct dialogue_server *ds, const char 
     return imap_error(ds, out, "BAD Command not allowed before STARTTLS");
 }
 
+/* The rest of an over-long line is never seen, so a literal it may announce
+ * cannot be recognised: close rather than risk reading its bytes as commands. */
 static enum dialogue_action imap_on_long_line(struct dialogue_server *ds, struct buf *out)
 {
-    if (++ds->errors >= ds->max_errors)
-        return imap_too_many(ds, out);
-    buf_append_str(out, "* BAD Line too long\r\n");
-    return DIALOGUE_CONTINUE;
+    dialogue_printf(out, "* BYE %s Line too long, closing connection\r\n", ds->hostname);
+    return DIALOGUE_CLOSE;
 }
 
 static void imap_timeout_reply(struct dialogue_server *ds, struct buf *out)
@@ -188,6 +189,14 @@ static bool starts_with(const char *line, size_t len, const char *prefix)
     return len >= n && strncasecmp(line, prefix, n) == 0;
 }
 
+/* True if line[0..len) is the response `word` ("S1 OK", "* BYE"), alone or
+ * followed by a space: "S1 OKAY" is not "S1 OK". */
+static bool is_response(const char *line, size_t len, const char *word)
+{
+    size_t n = strlen(word);
+    return starts_with(line, len, word) && (len == n || line[n] == ' ');
+}
+
 static void imap_backend_start(struct dialogue_backend *db)
 {
     db->state = IMAP_B_GREETING;
@@ -196,14 +205,14 @@ static void imap_backend_start(struct dialogue_backend *db)
 static enum backend_step imap_on_greeting(struct dialogue_backend *db, const char *line, size_t len,
                                           struct buf *out)
 {
-    if (starts_with(line, len, "* PREAUTH"))
+    if (is_response(line, len, "* PREAUTH"))
         return imap_fail(db,
                          "backend greeted with PREAUTH, refusing a pre-authenticated "
                          "session",
                          line, len);
-    if (starts_with(line, len, "* BYE"))
+    if (is_response(line, len, "* BYE"))
         return imap_fail(db, "backend refused the session", line, len);
-    if (!starts_with(line, len, "* OK"))
+    if (!is_response(line, len, "* OK"))
         return imap_fail(db, "malformed greeting from backend", line, len);
     if (db->mode == BACKEND_GREETING_ONLY) {
         db->state = IMAP_B_DONE;
@@ -239,7 +248,7 @@ static enum backend_step imap_on_backend_line(struct dialogue_backend *db, const
         }
         if (starts_with(line, len, "* "))
             return BACKEND_NEED_MORE; /* other untagged data: read, never passed on */
-        if (!starts_with(line, len, "S0 OK"))
+        if (!is_response(line, len, "S0 OK"))
             return imap_fail(db, "backend refused CAPABILITY", line, len);
         if (!db->offers_starttls)
             return imap_fail(db, "backend does not offer STARTTLS, refusing to downgrade", line,
@@ -248,11 +257,11 @@ static enum backend_step imap_on_backend_line(struct dialogue_backend *db, const
         db->state = IMAP_B_STARTTLS;
         return BACKEND_NEED_MORE;
     case IMAP_B_STARTTLS:
-        if (starts_with(line, len, "* BYE"))
+        if (is_response(line, len, "* BYE"))
             return imap_fail(db, "backend closed the session", line, len);
         if (starts_with(line, len, "* "))
             return BACKEND_NEED_MORE;
-        if (!starts_with(line, len, "S1 OK"))
+        if (!is_response(line, len, "S1 OK"))
             return imap_fail(db, "backend refused STARTTLS", line, len);
         db->state = IMAP_B_DONE;
         return BACKEND_TLS_READY;

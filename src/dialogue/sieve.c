@@ -112,9 +112,13 @@ static enum dialogue_action sieve_on_line(struct dialogue_server *ds, const char
     return sieve_error(ds, out, "NO \"Must issue a STARTTLS command first\"\r\n");
 }
 
+/* The rest of an over-long line is never seen, so a literal it may announce
+ * cannot be recognised: close rather than risk reading its bytes as commands. */
 static enum dialogue_action sieve_on_long_line(struct dialogue_server *ds, struct buf *out)
 {
-    return sieve_error(ds, out, "NO \"Line too long\"\r\n");
+    (void)ds;
+    buf_append_str(out, "BYE \"Line too long, closing connection\"\r\n");
+    return DIALOGUE_CLOSE;
 }
 
 static void sieve_timeout_reply(struct dialogue_server *ds, struct buf *out)

@@ -14,6 +14,9 @@ import pytest
 SALLYPORT = os.environ.get(
     "SALLYPORT", str(Path(__file__).resolve().parents[2] / "sallyport"))
 READY_TIMEOUT = 20.0
+# Lines a sanitizer build prints; any of them in a log fails the test.
+SANITIZER_MARKERS = ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error:",
+                     "WARNING: AddressSanitizer")
 
 
 def free_port():
@@ -81,6 +84,7 @@ class Sallyport:
 
     def __init__(self, directory: Path, config_text: str, name="sallyport"):
         self.dir = directory
+        self.expected_exit = False  # set by tests that make sallyport exit on purpose
         self.config = directory / f"{name}.conf"
         self.config.write_text(config_text)
         self.log_path = directory / f"{name}.log"
@@ -131,8 +135,15 @@ def sallyport(tmp_path):
         return sp
 
     yield start
+    reports = []
     for sp in started:
-        sp.stop()
+        code = sp.stop()
+        log = sp.log()
+        if any(marker in log for marker in SANITIZER_MARKERS):
+            reports.append(f"{sp.log_path}:\n{log}")
+        elif code not in (0, -15) and sp.proc.returncode is not None and not sp.expected_exit:
+            reports.append(f"{sp.log_path}: exited with {code}:\n{log[-4000:]}")
+    assert not reports, "sallyport reported a problem:\n" + "\n".join(reports)
 
 
 def run_check(config_text, directory: Path):
