@@ -63,10 +63,11 @@ integration: $(BIN)
 # daemon or lands in its log, and conftest.py fails the test that saw it.
 ASAN_VARS := CC=clang BUILD=build/asan BIN=build/asan/sallyport \
 	OPT="-O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all"
+ASAN_ENV := ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 UBSAN_OPTIONS=print_stacktrace=1
 asan:
 	$(MAKE) $(ASAN_VARS) build/asan/sallyport
-	ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 UBSAN_OPTIONS=print_stacktrace=1 \
-	    $(MAKE) $(ASAN_VARS) integration
+	$(ASAN_ENV) $(MAKE) $(ASAN_VARS) unit
+	$(ASAN_ENV) $(MAKE) $(ASAN_VARS) integration
 
 # The same sources must build warning-free with clang too.
 clang:
@@ -77,6 +78,8 @@ check: deps
 	$(MAKE) all unit
 	$(MAKE) clang
 	$(MAKE) integration
+	$(MAKE) fuzz-smoke
+	$(MAKE) asan
 
 demo: deps
 	$(MAKE) all
@@ -102,7 +105,7 @@ clean:
 FUZZ_CC            ?= clang
 FUZZ_DIR           := build/fuzz
 FUZZ_SECONDS       ?= 60
-FUZZ_SMOKE_SECONDS ?= 10
+FUZZ_SMOKE_SECONDS ?= 8
 FUZZ_CFLAGS := -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined -g -O1 \
 	$(CSTD) $(WARN) $(PKG_CFLAGS) -Isrc
 FUZZ_TARGETS := clienthello dialogue_server dialogue_backend smtp_data config

@@ -507,28 +507,40 @@ static void classify(struct config_loader *ld, char *line)
     }
 }
 
-/* inih's reader: fgets() that counts lines and refuses over-long ones. */
+/* inih's reader: fgets() that counts lines and refuses over-long ones and
+ * NUL bytes (which fgets() would let split one line into several). */
 static char *read_line(char *str, int num, void *stream)
 {
     struct config_loader *ld = stream;
     end_line(ld);
-    if (!fgets(str, num, ld->fp))
+    size_t len = 0, max = (size_t)num - 1;
+    bool has_nul = false, too_long = false;
+    int c;
+    while ((c = fgetc(ld->fp)) != EOF) {
+        if (c == '\0')
+            has_nul = true;
+        else if (len < max)
+            str[len++] = (char)c;
+        else if (c != '\n')
+            too_long = true;
+        if (c == '\n')
+            break;
+    }
+    if (len == 0 && c == EOF && !has_nul)
         return NULL;
+    str[len] = '\0';
     ld->line++;
     ld->handled = false;
-    size_t len = strlen(str);
-    if (len + 1 == (size_t)num && str[len - 1] != '\n') {
-        int c = fgetc(ld->fp);
-        if (c != EOF && c != '\n') {
-            while ((c = fgetc(ld->fp)) != EOF && c != '\n')
-                continue;
+    if (too_long || has_nul) {
+        if (too_long)
             config_report(ld, ld->line, NULL,
-                          "syntax error: line longer than %d characters (continue a long sni list "
-                          "on indented lines)",
+                          "syntax error: line longer than %d characters (continue a long sni "
+                          "list on indented lines)",
                           num - 1);
-            str[0] = '\0';
-            return str;
-        }
+        else
+            config_report(ld, ld->line, NULL, "syntax error: NUL byte in line");
+        str[0] = '\0';
+        return str;
     }
     classify(ld, str);
     return str;

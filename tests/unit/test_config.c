@@ -80,17 +80,16 @@ struct result {
 
 /* Loads `text` (with "CERTS" standing for the certificate directory) from a
  * temporary file. */
-static struct result load(const char *text)
+/* Loads `len` bytes of config text (NUL bytes allowed), no CERTS expansion. */
+static struct result load_bytes(const char *text, size_t text_len)
 {
     char path[] = "/tmp/sallyport-config-XXXXXX";
     int fd = mkstemp(path);
     assert_true(fd >= 0);
-    char *real = replace(text, "CERTS", certdir);
     FILE *f = fdopen(fd, "w");
     assert_non_null(f);
-    fputs(real, f);
+    assert_int_equal(fwrite(text, 1, text_len, f), text_len);
     fclose(f);
-    free(real);
 
     char *buf = NULL;
     size_t len = 0;
@@ -104,6 +103,14 @@ static struct result load(const char *text)
     r.errors = replace(a, certdir, "CERTS");
     free(a);
     free(buf);
+    return r;
+}
+
+static struct result load(const char *text)
+{
+    char *real = replace(text, "CERTS", certdir);
+    struct result r = load_bytes(real, strlen(real));
+    free(real);
     return r;
 }
 
@@ -769,6 +776,24 @@ static void test_long_line(void **state)
                   2);
 }
 
+/* fgets() would stop at the NUL and read the rest of the line as more
+ * lines, shifting every later line number. */
+static void test_nul_byte_in_line(void **state)
+{
+    (void)state;
+    static const char text[] = BASE "[route nul]\nbackend = m\0x1 ; a NUL\nsni = nul.example\n"
+                                    "bogus\n";
+    struct result r = load_bytes(text, sizeof text - 1);
+    assert_string_equal(r.errors,
+                        "cfg:11: syntax error: NUL byte in line\n"
+                        "cfg:13: syntax error (expected \"key = value\", a [section] header or a ; "
+                        "comment)\n"
+                        "cfg:10: route nul: missing required key 'backend'\n");
+    assert_int_equal(r.nerrors, 3);
+    assert_null(r.cfg);
+    done(&r);
+}
+
 static void test_comments_and_whitespace(void **state)
 {
     (void)state;
@@ -985,6 +1010,7 @@ int main(void)
         cmocka_unit_test(test_syntax_errors),
         cmocka_unit_test(test_continuation_of_single_value),
         cmocka_unit_test(test_long_line),
+        cmocka_unit_test(test_nul_byte_in_line),
         cmocka_unit_test(test_many_errors),
         cmocka_unit_test(test_missing_file),
         cmocka_unit_test(test_value_duration),
