@@ -4,8 +4,13 @@
 #   127.0.0.1:1465  submissions (implicit TLS), terminate
 #   127.0.0.1:1587  submission (STARTTLS), terminate
 #   mail lands in ./demo/mail (a Maildir); user "demo", password "demo".
+# DEMO_SUBMISSIONS_PORT, DEMO_SUBMISSION_PORT and DEMO_MAILBOX_PORT move the
+# three ports (the tests run the demo on free ones).
 set -eu
 cd "$(dirname "$0")/.."
+smtps_port=${DEMO_SUBMISSIONS_PORT:-1465}
+smtp_port=${DEMO_SUBMISSION_PORT:-1587}
+mailbox_port=${DEMO_MAILBOX_PORT:-2525}
 mkdir -p demo
 if [ ! -f demo/cert.pem ] || [ ! -f demo/key.pem ]; then
     openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 365 \
@@ -25,15 +30,15 @@ cert = demo/cert.pem
 key  = demo/key.pem
 
 [listener submissions]
-address  = 127.0.0.1:1465
+address  = 127.0.0.1:$smtps_port
 hostname = localhost
 
 [listener submission]
-address  = 127.0.0.1:1587
+address  = 127.0.0.1:$smtp_port
 hostname = localhost
 
 [mailbox demo]
-address  = 127.0.0.1:2525
+address  = 127.0.0.1:$mailbox_port
 maildir  = demo/mail
 users    = demo/users
 hostname = localhost
@@ -43,11 +48,11 @@ sni     = *
 backend = demo
 CONF
 cat <<MSG
-sallyport demo: submissions on 127.0.0.1:1465 (implicit TLS), submission on
-127.0.0.1:1587 (STARTTLS); user demo, password demo; mail goes to ./demo/mail.
+sallyport demo: submissions on 127.0.0.1:$smtps_port (implicit TLS), submission on
+127.0.0.1:$smtp_port (STARTTLS); user demo, password demo; mail goes to ./demo/mail.
 Send a message from another terminal:
 
-  printf 'Subject: hello\r\n\r\nHello through sallyport.\r\n' | curl -sS --url smtps://localhost:1465 --cacert demo/cert.pem --user demo:demo --mail-from demo@localhost --mail-rcpt demo@localhost --upload-file -
+  printf 'Subject: hello\r\n\r\nHello through sallyport.\r\n' | curl -sS --url smtps://localhost:$smtps_port --cacert demo/cert.pem --user demo:demo --mail-from demo@localhost --mail-rcpt demo@localhost --upload-file -
 
 Press Ctrl-C to stop.
 MSG
