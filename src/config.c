@@ -302,6 +302,13 @@ static void check_route(struct config_loader *ld, struct config_record *rec)
  * backends to mailboxes (the arrays no longer grow). */
 static void finish(struct config_loader *ld)
 {
+    struct cfg_global *global = &ld->cfg->global;
+    if (!global->limit_exceptions_set) {
+        static const char *const loopback[] = {"127.0.0.0/8", "::1"};
+        for (size_t i = 0; i < sizeof loopback / sizeof loopback[0]; i++)
+            if (client_prefix_parse(loopback[i], &global->limit_exceptions[i]) == 0)
+                global->nlimit_exceptions = i + 1;
+    }
     for (size_t i = 0; i < ld->nrecs; i++) {
         if (finishers[ld->recs[i].kind])
             finishers[ld->recs[i].kind](ld, &ld->recs[i]);
@@ -335,6 +342,8 @@ struct config *config_load(const char *path, FILE *errors, int *nerrors)
         .idle_timeout = 600,
         .max_errors = 10,
         .max_connections = 1024,
+        .max_client_connections = 32,
+        .client_connection_rate = 10,
     };
     if (!(ld.fp = fopen(path, "r"))) {
         ld.nerrors++;

@@ -21,21 +21,31 @@
 #include <stddef.h>
 #include <stdio.h>
 
+#include "client_table.h"
 #include "log.h"
 #include "service.h"
 #include "sock.h"
 
 enum listen_mode { MODE_TERMINATE, MODE_PASSTHROUGH };
 
+#define CONFIG_MAX_PREFIXES 32
+
 struct cfg_global {
-    enum log_level log_level;   /* log_level = info */
-    char *user;                 /* user = (none): drop to this user after binding */
-    unsigned plaintext_timeout; /* seconds, default 60: cleartext phase */
-    unsigned handshake_timeout; /* seconds, default 30: each TLS handshake */
-    unsigned connect_timeout;   /* seconds, default 10: backend connect + prelude */
-    unsigned idle_timeout;      /* seconds, default 600: relay with no bytes either way */
-    unsigned max_errors;        /* default 10: bad commands before "421" */
-    unsigned max_connections;   /* default 1024: concurrent client sessions */
+    enum log_level log_level;        /* log_level = info */
+    char *user;                      /* user = (none): drop to this user after binding */
+    unsigned plaintext_timeout;      /* seconds, default 60: cleartext phase */
+    unsigned handshake_timeout;      /* seconds, default 30: each TLS handshake */
+    unsigned connect_timeout;        /* seconds, default 10: backend connect + prelude */
+    unsigned idle_timeout;           /* seconds, default 600: relay with no bytes either way */
+    unsigned max_errors;             /* default 10: bad commands before "421" */
+    unsigned max_connections;        /* default 1024: concurrent client sessions */
+    unsigned max_client_connections; /* default 32: concurrent sessions per client address */
+    unsigned client_connection_rate; /* default 10: new sessions per second per address */
+    /* client_limit_exceptions = 127.0.0.0/8 ::1: addresses the per-client
+     * limits skip (a local webmail or proxy speaks for many users). */
+    struct client_prefix limit_exceptions[CONFIG_MAX_PREFIXES];
+    size_t nlimit_exceptions;
+    bool limit_exceptions_set;
 };
 
 struct cfg_certificate {

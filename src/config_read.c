@@ -52,6 +52,7 @@ struct key_def {
 VALUE_KEY(duration, unsigned)
 VALUE_KEY(size, size_t)
 VALUE_KEY(count, unsigned)
+VALUE_KEY(limit, unsigned)
 VALUE_KEY(bool, bool)
 VALUE_KEY(mode, enum listen_mode)
 VALUE_KEY(service, enum service)
@@ -92,6 +93,21 @@ static bool key_host(void *field, const char *text, const struct key_use *use, c
     return true;
 }
 
+/* "client_limit_exceptions = PREFIX ...": the first line replaces the
+ * default list, indented lines add to it; "none" alone empties it. */
+static bool key_prefixes(void *field, const char *text, const struct key_use *use, char *err,
+                         size_t errlen)
+{
+    struct cfg_global *global = field;
+    (void)use;
+    if (!global->limit_exceptions_set) {
+        global->nlimit_exceptions = 0;
+        global->limit_exceptions_set = true;
+    }
+    return value_prefixes(text, global->limit_exceptions, &global->nlimit_exceptions,
+                          CONFIG_MAX_PREFIXES, err, errlen);
+}
+
 static bool key_sni(void *field, const char *text, const struct key_use *use, char *err,
                     size_t errlen)
 {
@@ -113,6 +129,9 @@ static const struct key_def keys[] = {
     {K_GLOBAL, "idle_timeout", key_duration, OFF(cfg_global, idle_timeout), 0},
     {K_GLOBAL, "max_errors", key_count, OFF(cfg_global, max_errors), 0},
     {K_GLOBAL, "max_connections", key_count, OFF(cfg_global, max_connections), 0},
+    {K_GLOBAL, "max_client_connections", key_limit, OFF(cfg_global, max_client_connections), 0},
+    {K_GLOBAL, "client_connection_rate", key_limit, OFF(cfg_global, client_connection_rate), 0},
+    {K_GLOBAL, "client_limit_exceptions", key_prefixes, 0, KEY_LIST},
     {K_CERTIFICATE, "cert", key_readable, OFF(cfg_certificate, cert), KEY_REQUIRED},
     {K_CERTIFICATE, "key", key_readable, OFF(cfg_certificate, key), KEY_REQUIRED},
     {K_CERTIFICATE, "default", key_bool, OFF(cfg_certificate, is_default), 0},

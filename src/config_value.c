@@ -92,6 +92,21 @@ bool value_count(const char *text, unsigned *out, char *err, size_t errlen)
     return true;
 }
 
+bool value_limit(const char *text, unsigned *out, char *err, size_t errlen)
+{
+    if (strcmp(text, "0") == 0) {
+        *out = 0;
+        return true;
+    }
+    unsigned long long n;
+    if (!number_with_unit(text, NULL, UINT_MAX, &n)) {
+        snprintf(err, errlen, "bad limit '%s' (expected a whole number, or 0 for no limit)", text);
+        return false;
+    }
+    *out = (unsigned)n;
+    return true;
+}
+
 bool value_bool(const char *text, bool *out, char *err, size_t errlen)
 {
     static const char *const words[][2] = {
@@ -266,6 +281,46 @@ static bool sni_name_ok(const char *name, size_t len)
 }
 
 #define SNI_SEPARATORS " \t"
+
+bool value_prefixes(const char *text, struct client_prefix *out, size_t *n, size_t max, char *err,
+                    size_t errlen)
+{
+    struct client_prefix parsed[CONFIG_MAX_PREFIXES];
+    size_t count = 0;
+    char word[64];
+    bool none = false;
+    for (const char *p = text + strspn(text, SNI_SEPARATORS); *p; p += strspn(p, SNI_SEPARATORS)) {
+        size_t len = strcspn(p, SNI_SEPARATORS);
+        snprintf(word, sizeof word, "%.*s", (int)(len < sizeof word ? len : sizeof word - 1), p);
+        p += len;
+        if (strcasecmp(word, "none") == 0) {
+            none = true;
+            continue;
+        }
+        if (len >= sizeof word || client_prefix_parse(word, &parsed[count]) < 0) {
+            snprintf(err, errlen,
+                     "bad address prefix '%s' (expected an address or a prefix such as "
+                     "192.0.2.0/24 or 2001:db8::/32, or none)",
+                     word);
+            return false;
+        }
+        if (*n + ++count > max) {
+            snprintf(err, errlen, "too many prefixes (at most %zu)", max);
+            return false;
+        }
+    }
+    if (none && count > 0) {
+        snprintf(err, errlen, "'none' cannot be combined with prefixes");
+        return false;
+    }
+    if (!none && count == 0) {
+        snprintf(err, errlen, "no prefixes (list addresses or prefixes, or write none)");
+        return false;
+    }
+    memcpy(out + *n, parsed, count * sizeof *parsed);
+    *n += count;
+    return true;
+}
 
 bool value_sni(const char *text, char **names, size_t *n, size_t max, char *err, size_t errlen)
 {

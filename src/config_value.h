@@ -23,6 +23,9 @@ bool value_size(const char *text, size_t *out, char *err, size_t errlen);
 bool value_count(const char *text, unsigned *out, char *err, size_t errlen);
 
 /* yes/no, true/false, on/off, 1/0, in any case. */
+/* A count where 0 means "no limit". */
+bool value_limit(const char *text, unsigned *out, char *err, size_t errlen);
+
 bool value_bool(const char *text, bool *out, char *err, size_t errlen);
 
 /* terminate | passthrough */
@@ -59,6 +62,12 @@ bool value_host(const char *text, char *out, size_t outlen, char *err, size_t er
  * in all), lower-cased and malloc'd for the caller to free. A name is a host
  * name, "*.suffix" (one label of wildcard) or "*" alone (the default route).
  * Either every name of `text` is appended or none is. */
+/* A list of address prefixes ("192.0.2.0/24 2001:db8::/32 ::1") appended to
+ * out[*n], at most `max` in all, or "none" alone (appends nothing). A bad
+ * entry appends nothing. */
+bool value_prefixes(const char *text, struct client_prefix *out, size_t *n, size_t max, char *err,
+                    size_t errlen);
+
 bool value_sni(const char *text, char **names, size_t *n, size_t max, char *err, size_t errlen);
 
 #endif

@@ -1,12 +1,16 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "client_table.h"
 #include "listener.h"
 #include "log.h"
 #include "mailbox.h"
 #include "server.h"
 #include "session.h"
 #include "tls.h"
+
+/* Addresses the client table remembers at most (about 3 MiB). */
+#define CLIENT_TABLE_MAX 65536
 
 static bool backend_uses_tls(const struct cfg_backend *b)
 {
@@ -56,6 +60,17 @@ int server_start(struct server *server, struct ev_loop *loop, struct config *con
     server->config = config;
     if (load_tls(server, config) < 0) {
         log_error("cannot set up TLS");
+        return -1;
+    }
+    /* Room for every open connection's address and as many recent ones. */
+    size_t capacity = 2 * (size_t)config->global.max_connections + 256;
+    if (capacity > CLIENT_TABLE_MAX)
+        capacity = CLIENT_TABLE_MAX;
+    server->clients = client_table_new(
+        capacity, config->global.max_client_connections, config->global.client_connection_rate,
+        config->global.limit_exceptions, config->global.nlimit_exceptions);
+    if (!server->clients) {
+        log_error("out of memory for the client table");
         return -1;
     }
     server->listeners =
@@ -122,5 +137,6 @@ void server_stop(struct server *server)
     free(server->listeners);
     free(server->mailboxes);
     tls_store_free(server->store);
+    client_table_free(server->clients);
     memset(server, 0, sizeof *server);
 }

@@ -22,7 +22,8 @@ struct server {
     size_t nlisteners;
     struct mailbox **mailboxes;
     size_t nmailboxes;
-    struct session *sessions; /* live sessions, a doubly linked list */
+    struct client_table *clients; /* per-address counts and rates (the client limits) */
+    struct session *sessions;     /* live sessions, a doubly linked list */
     unsigned nsessions;
 };
 

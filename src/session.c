@@ -17,6 +17,7 @@
 #include <unistd.h>
 
 #include "buf.h"
+#include "client_table.h"
 #include "clienthello.h"
 #include "conn.h"
 #include "dialogue/dialogue.h"
@@ -97,6 +98,7 @@ struct session {
     int client_hs_wait;    /* events the client handshake is blocked on */
     int backend_hs_wait;
     int drain_wait;        /* events the final flush is blocked on */
+    int client_slot;       /* this client's entry in server->clients, or -1 */
     size_t lingered_bytes; /* client input discarded while lingering */
 
     const struct cfg_route *route;
@@ -264,6 +266,7 @@ static void session_free(struct session *s)
     if (s->next)
         s->next->prev = s->prev;
     server->nsessions--;
+    client_table_release(server->clients, s->client_slot);
     free(s);
     server_session_ended(server);
 }
@@ -895,15 +898,48 @@ static void session_update(struct session *s)
 
 /* ---- accept --------------------------------------------------------------- */
 
+/* Turns away a client over its address's limits, before any session exists:
+ * one non-blocking write of the protocol's refusal where the client expects
+ * a cleartext greeting (an implicit-TLS client just sees the close, as a TLS
+ * handshake would cost more than the refusal is worth), then one log line. */
+static void refuse_client(struct listener *listener, int fd, const struct sockaddr *peer,
+                          enum client_verdict verdict)
+{
+    const struct cfg_listener *cfg = listener->cfg;
+    const struct service_info *service = service_info(cfg->service);
+    if (service->tls == TLS_STARTTLS) {
+        struct buf reply = {.len = 0};
+        dialogue_for(service->proto)->busy_reply(cfg->hostname, &reply);
+        (void)send(fd, reply.data, reply.len, MSG_DONTWAIT | MSG_NOSIGNAL);
+    }
+    close(fd);
+    char addr[64];
+    sock_addr_format(peer, addr, sizeof addr);
+    log_warn("session listener=%s client=%s sni=- route=- backend=- backend_addr=- mode=%s tls=- "
+             "cipher=- bytes_in=0 bytes_out=0 duration=0.000s close=\"%s\"",
+             cfg->name, addr, cfg->mode == MODE_TERMINATE ? "terminate" : "passthrough",
+             verdict == CLIENT_TOO_MANY ? "refused: max_client_connections reached"
+                                        : "refused: client_connection_rate exceeded");
+}
+
 void session_start(struct listener *listener, int fd, const struct sockaddr *peer)
 {
     struct server *server = listener->server;
+    int slot;
+    enum client_verdict verdict =
+        client_table_admit(server->clients, peer, ev_now(server->loop), &slot);
+    if (verdict != CLIENT_ADMITTED) {
+        refuse_client(listener, fd, peer, verdict);
+        return;
+    }
     struct session *s = calloc(1, sizeof *s);
     if (!s) {
         log_error("out of memory: refusing a connection");
+        client_table_release(server->clients, slot);
         close(fd);
         return;
     }
+    s->client_slot = slot;
     s->server = server;
     s->listener = listener->cfg;
     s->service = service_info(listener->cfg->service);

@@ -77,6 +77,8 @@ struct dialogue {
     /* Replies for the session's own reasons to close (reply where allowed). */
     void (*timeout_reply)(struct dialogue_server *ds, struct buf *out);
     void (*unavailable_reply)(const char *hostname, struct buf *out);
+    /* The greeting-time refusal of a client over its address's limits. */
+    void (*busy_reply)(const char *hostname, struct buf *out);
     /* A greeting from sallyport itself, sent after TLS when the client was
      * not greeted and the backend's greeting went to the STARTTLS dance. */
     void (*fresh_greeting)(const char *hostname, struct buf *out);

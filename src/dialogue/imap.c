@@ -146,6 +146,12 @@ static void imap_unavailable_reply(const char *hostname, struct buf *out)
     dialogue_printf(out, "* BYE [UNAVAILABLE] %s Service temporarily unavailable\r\n", hostname);
 }
 
+static void imap_busy_reply(const char *hostname, struct buf *out)
+{
+    dialogue_printf(out, "* BYE [UNAVAILABLE] %s Too many connections from your address\r\n",
+                    hostname);
+}
+
 static void imap_fresh_greeting(const char *hostname, struct buf *out)
 {
     /* No CAPABILITY code: the pre-TLS capabilities of the backend are stale. */
@@ -279,6 +285,7 @@ const struct dialogue dialogue_imap = {
     .on_long_line = imap_on_long_line,
     .timeout_reply = imap_timeout_reply,
     .unavailable_reply = imap_unavailable_reply,
+    .busy_reply = imap_busy_reply,
     .fresh_greeting = imap_fresh_greeting,
     .backend_start = imap_backend_start,
     .on_backend_line = imap_on_backend_line,

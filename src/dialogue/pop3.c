@@ -94,6 +94,11 @@ static void pop3_unavailable_reply(const char *hostname, struct buf *out)
     dialogue_printf(out, "-ERR [SYS/TEMP] %s Service temporarily unavailable\r\n", hostname);
 }
 
+static void pop3_busy_reply(const char *hostname, struct buf *out)
+{
+    dialogue_printf(out, "-ERR [SYS/TEMP] %s Too many connections from your address\r\n", hostname);
+}
+
 static void pop3_fresh_greeting(const char *hostname, struct buf *out)
 {
     dialogue_printf(out, "+OK %s sallyport ready\r\n", hostname);
@@ -178,6 +183,7 @@ const struct dialogue dialogue_pop3 = {
     .on_long_line = pop3_on_long_line,
     .timeout_reply = pop3_timeout_reply,
     .unavailable_reply = pop3_unavailable_reply,
+    .busy_reply = pop3_busy_reply,
     .fresh_greeting = pop3_fresh_greeting,
     .backend_start = pop3_backend_start,
     .on_backend_line = pop3_on_backend_line,

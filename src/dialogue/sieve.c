@@ -132,6 +132,12 @@ static void sieve_unavailable_reply(const char *hostname, struct buf *out)
     dialogue_printf(out, "BYE (TRYLATER) \"%s Service temporarily unavailable\"\r\n", hostname);
 }
 
+static void sieve_busy_reply(const char *hostname, struct buf *out)
+{
+    dialogue_printf(out, "BYE (TRYLATER) \"%s Too many connections from your address\"\r\n",
+                    hostname);
+}
+
 static void sieve_fresh_greeting(const char *hostname, struct buf *out)
 {
     sieve_capabilities(out);
@@ -214,6 +220,7 @@ const struct dialogue dialogue_sieve = {
     .on_long_line = sieve_on_long_line,
     .timeout_reply = sieve_timeout_reply,
     .unavailable_reply = sieve_unavailable_reply,
+    .busy_reply = sieve_busy_reply,
     .fresh_greeting = sieve_fresh_greeting,
     .backend_start = sieve_backend_start,
     .on_backend_line = sieve_on_backend_line,

@@ -111,6 +111,12 @@ static void smtp_unavailable_reply(const char *hostname, struct buf *out)
                     hostname);
 }
 
+static void smtp_busy_reply(const char *hostname, struct buf *out)
+{
+    dialogue_printf(out, "421 4.7.0 %s Too many connections from your address, try again later\r\n",
+                    hostname);
+}
+
 static void smtp_fresh_greeting(const char *hostname, struct buf *out)
 {
     dialogue_printf(out, "220 %s ESMTP sallyport\r\n", hostname);
@@ -218,6 +224,7 @@ const struct dialogue dialogue_smtp = {
     .on_long_line = smtp_on_long_line,
     .timeout_reply = smtp_timeout_reply,
     .unavailable_reply = smtp_unavailable_reply,
+    .busy_reply = smtp_busy_reply,
     .fresh_greeting = smtp_fresh_greeting,
     .backend_start = smtp_backend_start,
     .on_backend_line = smtp_on_backend_line,

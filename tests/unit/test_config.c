@@ -220,7 +220,55 @@ static void test_global_defaults(void **state)
     assert_int_equal(g->idle_timeout, 600);
     assert_int_equal(g->max_errors, 10);
     assert_int_equal(g->max_connections, 1024);
+    assert_int_equal(g->max_client_connections, 32);
+    assert_int_equal(g->client_connection_rate, 10);
+    /* Loopback is exempt: a local webmail or proxy speaks for many users. */
+    assert_int_equal(g->nlimit_exceptions, 2);
+    assert_int_equal(g->limit_exceptions[0].bits, 96 + 8);
+    assert_int_equal(g->limit_exceptions[0].addr[12], 127);
+    assert_int_equal(g->limit_exceptions[1].bits, 128);
+    assert_int_equal(g->limit_exceptions[1].addr[15], 1);
     done(&r);
+}
+
+static void test_client_limits(void **state)
+{
+    (void)state;
+    struct result r = load("[global]\n"
+                           "max_client_connections = 5\n"
+                           "client_connection_rate = 0\n"
+                           "client_limit_exceptions = 192.0.2.0/24\n"
+                           "    2001:db8::/32 10.1.2.3\n" BASE);
+    assert_string_equal(r.errors, "");
+    assert_non_null(r.cfg);
+    const struct cfg_global *g = &r.cfg->global;
+    assert_int_equal(g->max_client_connections, 5);
+    assert_int_equal(g->client_connection_rate, 0);
+    assert_int_equal(g->nlimit_exceptions, 3); /* replaces the loopback default */
+    assert_int_equal(g->limit_exceptions[0].bits, 96 + 24);
+    assert_int_equal(g->limit_exceptions[1].bits, 32);
+    assert_int_equal(g->limit_exceptions[2].bits, 128);
+    done(&r);
+
+    r = load("[global]\nclient_limit_exceptions = none\n" BASE);
+    assert_string_equal(r.errors, "");
+    assert_int_equal(r.cfg->global.nlimit_exceptions, 0);
+    done(&r);
+}
+
+static void test_client_limit_errors(void **state)
+{
+    (void)state;
+    expect_errors("[global]\n"
+                  "client_limit_exceptions = 192.0.2.0/33\n"
+                  "max_client_connections = lots\n" BASE,
+                  "cfg:2: client_limit_exceptions: bad address prefix '192.0.2.0/33' (expected an "
+                  "address or a prefix such as 192.0.2.0/24 or 2001:db8::/32, or none)\n"
+                  "cfg:3: max_client_connections: bad limit 'lots' (expected a whole number, or 0 "
+                  "for no limit)\n",
+                  2);
+    expect_errors("[global]\nclient_limit_exceptions = none ::1\n" BASE,
+                  "cfg:2: client_limit_exceptions: 'none' cannot be combined with prefixes\n", 1);
 }
 
 static void test_global_values(void **state)
@@ -1010,6 +1058,8 @@ int main(void)
         cmocka_unit_test(test_syntax_errors),
         cmocka_unit_test(test_continuation_of_single_value),
         cmocka_unit_test(test_long_line),
+        cmocka_unit_test(test_client_limits),
+        cmocka_unit_test(test_client_limit_errors),
         cmocka_unit_test(test_nul_byte_in_line),
         cmocka_unit_test(test_many_errors),
         cmocka_unit_test(test_missing_file),

@@ -1,0 +1,157 @@
+"""The per-client limits: connections open at once per address
+(max_client_connections), new connections per second per address
+(client_connection_rate), and the addresses they skip
+(client_limit_exceptions, loopback by default).
+
+A client over a limit is turned away at once: on a STARTTLS listener with the
+protocol's own "try later" greeting, on an implicit-TLS listener with a bare
+close. Either way a log line says which limit, and the address is admitted
+again as soon as it is back under the limit. The clients here all come from
+127.0.0.1, so the tests that exercise a limit set client_limit_exceptions =
+none."""
+import socket
+
+import pytest
+
+from conftest import free_port, wait_for
+
+HOSTNAME = "gw.test"
+TIMEOUT = 20
+
+# service -> (greeting prefix, the busy refusal it gets instead)
+SERVICES = {
+    "submission": (b"220 ", b"421 4.7.0 gw.test Too many connections from your address"),
+    "imap": (b"* OK ", b"* BYE [UNAVAILABLE] gw.test Too many connections from your address"),
+    "pop3": (b"+OK ", b"-ERR [SYS/TEMP] gw.test Too many connections from your address"),
+    "sieve": (b'"IMPLEMENTATION"', b'BYE (TRYLATER) "gw.test Too many connections from your '
+                                   b'address"'),
+}
+
+
+def config(ca, port, service, **global_opts):
+    cert, key = ca.issue("limits-gw", [HOSTNAME])
+    text = "[global]\nlog_level = debug\n"
+    text += "".join(f"{k} = {v}\n" for k, v in global_opts.items())
+    text += (f"[certificate gw]\ncert = {cert}\nkey = {key}\n"
+             f"[listener l]\nservice = {service}\naddress = 127.0.0.1:{port}\n"
+             f"hostname = {HOSTNAME}\n"
+             # Never reached: these clients stop before TLS.
+             f"[backend b]\nhost = 127.0.0.1\n"
+             f"[route r]\nsni = *\nbackend = b\n")
+    return text
+
+
+def connect(port):
+    s = socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\0" * 8)
+    return s
+
+
+def first_bytes(s):
+    """What the server sends before the client says anything: up to the end of
+    its first line (for ManageSieve, its first capability line), or b"" on a
+    close."""
+    data = b""
+    while b"\r\n" not in data:
+        chunk = s.recv(4096)
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+def refused_with(s, busy):
+    data = first_bytes(s)
+    assert data.startswith(busy), data
+    assert data.endswith(b"\r\n") and data.count(b"\n") == 1, data
+    assert s.recv(4096) == b"", "the connection stays open after the refusal"
+
+
+def log_refusals(sp, limit):
+    return [line for line in sp.log().splitlines()
+            if " session " in line and f'close="refused: {limit}' in line]
+
+
+def admitted_again(port, greeting):
+    """Polls (bounded) until a new connection is greeted again."""
+    def try_once():
+        with connect(port) as s:
+            return first_bytes(s).startswith(greeting)
+    wait_for(try_once, TIMEOUT, what="a connection admitted again")
+
+
+@pytest.mark.parametrize("service", list(SERVICES))
+def test_max_client_connections(sallyport, ca, service):
+    greeting, busy = SERVICES[service]
+    port = free_port()
+    sp = sallyport(config(ca, port, service, max_client_connections=3, client_connection_rate=0,
+                          client_limit_exceptions="none"))
+    held = [connect(port) for _ in range(3)]
+    try:
+        for s in held:
+            assert first_bytes(s).startswith(greeting)
+        with connect(port) as extra:
+            refused_with(extra, busy)
+        wait_for(lambda: log_refusals(sp, "max_client_connections"), TIMEOUT,
+                 what="the refusal's log line")
+        (line,) = log_refusals(sp, "max_client_connections")
+        assert "listener=l client=127.0.0.1:" in line, line
+        held.pop().close()
+        admitted_again(port, greeting)
+    finally:
+        for s in held:
+            s.close()
+
+
+def test_client_connection_rate(sallyport, ca):
+    greeting, busy = SERVICES["submission"]
+    port = free_port()
+    sp = sallyport(config(ca, port, "submission", max_client_connections=0,
+                          client_connection_rate=1, client_limit_exceptions="none"))
+    with connect(port) as first:
+        assert first_bytes(first).startswith(greeting)
+    # The bucket holds one connection a second: the next one at once is too fast.
+    with connect(port) as second:
+        refused_with(second, busy)
+    wait_for(lambda: log_refusals(sp, "client_connection_rate"), TIMEOUT,
+             what="the refusal's log line")
+    admitted_again(port, greeting)
+
+
+def test_implicit_tls_listener_refuses_with_a_bare_close(sallyport, ca):
+    port = free_port()
+    sallyport(config(ca, port, "submissions", max_client_connections=1,
+                     client_connection_rate=0, client_limit_exceptions="none"))
+    with connect(port) as held:
+        held.sendall(b"\x16")  # the start of a ClientHello: the session waits for more
+        with connect(port) as extra:
+            assert extra.recv(4096) == b""
+
+
+def test_loopback_is_exempt_by_default(sallyport, ca):
+    """The defaults (32 per address, 10 a second) do not apply to 127.0.0.1."""
+    greeting, _ = SERVICES["submission"]
+    port = free_port()
+    sp = sallyport(config(ca, port, "submission"))
+    held = []
+    try:
+        for _ in range(40):
+            s = connect(port)
+            held.append(s)
+            assert first_bytes(s).startswith(greeting)
+    finally:
+        for s in held:
+            s.close()
+    assert not log_refusals(sp, ""), sp.log()
+
+
+def test_exception_list_replaces_loopback(sallyport, ca):
+    """Listing other prefixes takes loopback off the list."""
+    _, busy = SERVICES["submission"]
+    port = free_port()
+    sallyport(config(ca, port, "submission", max_client_connections=1, client_connection_rate=0,
+                     client_limit_exceptions="192.0.2.0/24 2001:db8::/32"))
+    with connect(port) as held:
+        assert first_bytes(held).startswith(b"220 ")
+        with connect(port) as extra:
+            refused_with(extra, busy)
