@@ -35,6 +35,7 @@ static int load_tls(struct server *server, struct config *config)
             c->ctx = NULL; /* the store owns it now */
         }
         tls_store_set_sni_check(server->store, session_route_by_sni);
+        tls_store_set_alpn_check(server->store, session_check_alpn);
     }
     server->backend_ctx = calloc(config->nbackends ? config->nbackends : 1, sizeof(SSL_CTX *));
     if (!server->backend_ctx)

@@ -104,7 +104,8 @@ struct session {
     const struct cfg_route *route;
     const struct endpoint *endpoint;
     bool has_sni;
-    bool sni_refused; /* the TLS handshake was refused: no route for the SNI */
+    bool sni_refused;  /* the TLS handshake was refused: no route for the SNI */
+    bool alpn_refused; /* ... or the client offered ALPN, but not our protocol */
     char sni[256];
 
     struct relay relay;
@@ -326,6 +327,14 @@ static void run_dialogue(struct session *s)
             s->discarding_line = end == 0;
             continue;
         }
+        if (s->up.data[0] == TLS_HANDSHAKE_RECORD) {
+            /* No command starts with 0x16: this is a TLS client on the wrong
+             * port (or one that skipped STARTTLS). Its bytes are not lines. */
+            session_close(s, LOG_LEVEL_WARN,
+                          "TLS handshake before STARTTLS (a client configured for implicit "
+                          "TLS on a STARTTLS port?)");
+            return;
+        }
         size_t len = buf_line_length(&s->up);
         size_t replies_before = s->down.len;
         enum dialogue_action action;
@@ -414,6 +423,14 @@ bool session_route_by_sni(void *session, const char *sni)
     return found;
 }
 
+int session_check_alpn(void *session, const unsigned char *list, unsigned len)
+{
+    struct session *s = session;
+    int at = tls_alpn_find(list, len, s->dialogue->alpn);
+    s->alpn_refused = at < 0;
+    return at;
+}
+
 static void on_clienthello_io(struct session *s)
 {
     ssize_t n = conn_read(&s->client, s->up.data + s->up.len, buf_space(&s->up));
@@ -494,6 +511,10 @@ static void on_client_handshake_io(struct session *s)
     if (r != CONN_DONE) {
         if (s->sni_refused)
             session_close(s, LOG_LEVEL_INFO, "no route for this SNI (alert unrecognized_name)");
+        else if (s->alpn_refused)
+            session_close(s, LOG_LEVEL_WARN,
+                          "client offered ALPN without '%s' (alert no_application_protocol)",
+                          s->dialogue->alpn);
         else
             session_close(s, LOG_LEVEL_INFO, "client TLS handshake failed: %s",
                           conn_error(&s->client));

@@ -15,6 +15,10 @@ void session_start(struct listener *listener, int fd, const struct sockaddr *pee
 /* Closes a session at once (server shutdown), logging `reason`. */
 void session_abort(struct session *s, const char *reason);
 
+/* The ALPN check handed to the TLS store: a client that offers ALPN must
+ * offer the listener's protocol (tls_alpn_check). */
+int session_check_alpn(void *session, const unsigned char *list, unsigned len);
+
 /* The SNI check handed to the TLS store: routes the session by SNI. */
 _Bool session_route_by_sni(void *session, const char *sni);
 

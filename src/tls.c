@@ -24,6 +24,7 @@ struct tls_store {
     size_t count;
     size_t default_index;
     tls_sni_check check;
+    tls_alpn_check alpn_check;
 };
 
 /* Copies the first OpenSSL error (or `fallback`) into err and clears the queue. */
@@ -228,6 +229,34 @@ static int on_servername(SSL *ssl, int *alert, void *arg)
     return SSL_TLSEXT_ERR_OK;
 }
 
+int tls_alpn_find(const unsigned char *list, unsigned len, const char *name)
+{
+    size_t want = strlen(name);
+    for (unsigned i = 0; i < len;) {
+        unsigned n = list[i];
+        if (n == 0 || n > len - i - 1)
+            return -1;
+        if (n == want && memcmp(list + i + 1, name, n) == 0)
+            return (int)i;
+        i += 1 + n;
+    }
+    return -1;
+}
+
+static int on_alpn(SSL *ssl, const unsigned char **out, unsigned char *outlen,
+                   const unsigned char *in, unsigned inlen, void *arg)
+{
+    struct tls_store *store = arg;
+    if (!store->alpn_check)
+        return SSL_TLSEXT_ERR_NOACK;
+    int at = store->alpn_check(tls_app(ssl), in, inlen);
+    if (at < 0)
+        return SSL_TLSEXT_ERR_ALERT_FATAL; /* OpenSSL sends no_application_protocol */
+    *out = in + at + 1;
+    *outlen = in[at];
+    return SSL_TLSEXT_ERR_OK;
+}
+
 bool tls_store_add(struct tls_store *store, SSL_CTX *ctx, bool is_default)
 {
     struct store_entry *grown = realloc(store->entries, (store->count + 1) * sizeof *grown);
@@ -239,6 +268,7 @@ bool tls_store_add(struct tls_store *store, SSL_CTX *ctx, bool is_default)
     e->nnames = tls_ctx_names(ctx, e->names, STORE_MAX_NAMES);
     SSL_CTX_set_tlsext_servername_callback(ctx, on_servername);
     SSL_CTX_set_tlsext_servername_arg(ctx, store);
+    SSL_CTX_set_alpn_select_cb(ctx, on_alpn, store);
     if (is_default)
         store->default_index = store->count;
     store->count++;
@@ -248,6 +278,11 @@ bool tls_store_add(struct tls_store *store, SSL_CTX *ctx, bool is_default)
 void tls_store_set_sni_check(struct tls_store *store, tls_sni_check check)
 {
     store->check = check;
+}
+
+void tls_store_set_alpn_check(struct tls_store *store, tls_alpn_check check)
+{
+    store->alpn_check = check;
 }
 
 bool tls_store_ready(const struct tls_store *store)

@@ -38,6 +38,16 @@ struct tls_store;
  * Return false to refuse the connection with alert unrecognized_name. */
 typedef bool (*tls_sni_check)(void *app, const char *sni);
 
+/* Called during the handshake of a client that offers ALPN, with the
+ * protocol list as sent (length-prefixed names). Returns the offset in
+ * `list` of the name to select (its length byte), or -1 to refuse the
+ * connection with alert no_application_protocol (ALPACA, RFC 7301 3.2). */
+typedef int (*tls_alpn_check)(void *app, const unsigned char *list, unsigned len);
+
+/* The offset of `name`'s length byte in an ALPN protocol list, or -1 when
+ * the list does not offer it (a malformed list offers nothing). */
+int tls_alpn_find(const unsigned char *list, unsigned len, const char *name);
+
 struct tls_store *tls_store_new(void);
 
 /* Adds a loaded server context; the store owns it from here on. The first one
@@ -47,6 +57,9 @@ bool tls_store_add(struct tls_store *store, SSL_CTX *ctx, bool is_default);
 
 /* Sets the callback consulted for every handshake (routing by SNI). */
 void tls_store_set_sni_check(struct tls_store *store, tls_sni_check check);
+
+/* Sets the callback consulted for every handshake that offers ALPN. */
+void tls_store_set_alpn_check(struct tls_store *store, tls_alpn_check check);
 
 /* True if the store holds at least one certificate. */
 bool tls_store_ready(const struct tls_store *store);

@@ -62,6 +62,11 @@ struct dialogue_backend {
 struct dialogue {
     enum proto proto;
     const char *name;
+    /* The protocol's ALPN id (IANA; "smtp" by convention, none is
+     * registered): a terminating listener refuses a client that offers
+     * ALPN without it, so a TLS session meant for another protocol (an
+     * HTTPS one, say: ALPACA) cannot be aimed at this one. */
+    const char *alpn;
     /* The server speaks first again after STARTTLS (ManageSieve re-sends its
      * capabilities, RFC 5804 2.2): a backend's greeting is then passed on to
      * a client sallyport already greeted, instead of being swallowed. */

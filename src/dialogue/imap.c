@@ -279,6 +279,7 @@ static enum backend_step imap_on_backend_line(struct dialogue_backend *db, const
 const struct dialogue dialogue_imap = {
     .proto = PROTO_IMAP,
     .name = "imap",
+    .alpn = "imap",
     .greets_after_starttls = false,
     .greet = imap_greet,
     .on_line = imap_on_line,

@@ -177,6 +177,7 @@ static enum backend_step pop3_on_backend_line(struct dialogue_backend *db, const
 const struct dialogue dialogue_pop3 = {
     .proto = PROTO_POP3,
     .name = "pop3",
+    .alpn = "pop3",
     .greets_after_starttls = false,
     .greet = pop3_greet,
     .on_line = pop3_on_line,

@@ -214,6 +214,7 @@ static enum backend_step sieve_on_backend_line(struct dialogue_backend *db, cons
 const struct dialogue dialogue_sieve = {
     .proto = PROTO_SIEVE,
     .name = "sieve",
+    .alpn = "managesieve",
     .greets_after_starttls = true,
     .greet = sieve_greet,
     .on_line = sieve_on_line,

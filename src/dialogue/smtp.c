@@ -219,6 +219,7 @@ static enum backend_step smtp_on_backend_line(struct dialogue_backend *db, const
 const struct dialogue dialogue_smtp = {
     .proto = PROTO_SMTP,
     .name = "smtp",
+    .alpn = "smtp",
     .greet = smtp_greet,
     .on_line = smtp_on_line,
     .on_long_line = smtp_on_long_line,

@@ -526,3 +526,82 @@ def test_unknown_sni_passthrough_closes_without_bytes(gateway, ca, backend_cert,
     assert der == ssl.PEM_cert_to_DER_cert(backend_cert[0].read_text())
     conn = gw.fb.wait_connection().wait_closed()
     assert conn.in_tls and conn.error is None, conn.error
+
+
+# -- ALPN (ALPACA: a TLS session meant for another protocol) -------------------------
+
+ALPN_IDS = {"imap": "imap", "imaps": "imap", "pop3": "pop3", "pop3s": "pop3",
+            "sieve": "managesieve"}
+
+
+def alpn_context(ca, protocols, selected):
+    """A client context offering `protocols`; appends each handshake's
+    selected ALPN protocol to `selected`."""
+    class Recording(ssl.SSLSocket):
+        def do_handshake(self, *args, **kwargs):
+            super().do_handshake(*args, **kwargs)
+            selected.append(self.selected_alpn_protocol())
+
+    ctx = client_context(ca)
+    ctx.set_alpn_protocols(protocols)
+    ctx.sslsocket_class = Recording
+    return ctx
+
+
+@pytest.mark.parametrize("service", ALL_SERVICES)
+def test_foreign_alpn_terminate_gets_no_application_protocol(gateway, ca, service):
+    gw = gateway(service, "terminate")
+    ours = ALPN_IDS[service]
+    foreign = ["http/1.1", "smtp"] + [p for p in ("imap", "pop3", "managesieve") if p != ours]
+    with connect(gw.port) as s:
+        if gw.starttls:
+            gw.proto.to_go_ahead(s)
+        with pytest.raises(ssl.SSLError) as failure:
+            alpn_context(ca, foreign, []).wrap_socket(s, server_hostname=HOSTNAME)
+    assert "NO APPLICATION PROTOCOL" in str(failure.value).upper().replace("_", " "), failure.value
+    line = gw.wait_session_line()
+    assert "alert no_application_protocol" in line, line
+    assert gw.fb.count == 0
+    # Offering our protocol among others is fine, and it is the one selected.
+    selected = []
+    access_session(gw, alpn_context(ca, foreign + [ours], selected), HOSTNAME)
+    assert selected == [ours], selected
+    assert gw.fb.count == 1
+
+
+# -- the attack suite: spellings, the wrong handshake ---------------------------------
+
+SPELLED_INJECTIONS = {
+    "imap": [b"a starttls\r\nb NOOP\r\n", b"a StartTLS\r\nb LOGIN u p\r\n",
+             b"a STARTTLS \r\nb NOOP\r\n"],
+    "pop3": [b"stls\r\nUSER u\r\n", b"Stls\r\nCAPA\r\n", b"STLS \r\nCAPA\r\n"],
+    "sieve": [b"starttls\r\nNOOP\r\n", b"StartTls\r\nAUTHENTICATE \"PLAIN\"\r\n",
+              b"STARTTLS \r\nNOOP\r\n"],
+}
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("variant", [0, 1, 2], ids=["lower", "mixed", "trailing-space"])
+@pytest.mark.parametrize("proto", PROTOS, ids=proto_id)
+def test_starttls_spellings_with_injection_drop(gateway, proto, mode, variant):
+    gw = gateway(proto.starttls_service, mode)
+    with connect(gw.port) as s:
+        proto.read_greeting(s)
+        s.sendall(SPELLED_INJECTIONS[proto.name][variant])
+        assert recv_until_closed(s) == b""
+    gw.sp.wait_log("command injection")
+    assert_backend_untouched(gw)
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("proto", PROTOS, ids=proto_id)
+def test_clienthello_before_starttls_is_closed(gateway, ca, proto, mode):
+    gw = gateway(proto.starttls_service, mode)
+    with connect(gw.port) as s:
+        proto.read_greeting(s)
+        s.sendall(client_hello(HOSTNAME))
+        assert recv_until_closed(s) == b""
+    line = assert_backend_untouched(gw)
+    assert "TLS handshake before STARTTLS" in line, line
+    access_session(gw, client_context(ca), HOSTNAME)  # still serving
+    assert gw.fb.count == 1

@@ -7,6 +7,8 @@ and sallyport must never carry on with a backend that refused, downgraded,
 injected or could not be verified. Passthrough listeners cannot answer, so the
 client's connection must simply be closed.
 """
+import ssl
+
 import pytest
 
 from conftest import CertAuthority, free_port
@@ -286,3 +288,56 @@ def test_passthrough_backend_failure_closes_client(gateway, service, failure):
         conn = gw.fb.wait_connection().wait_closed()
         # The ClientHello never went to a backend that did not agree to TLS.
         assert conn.lines() == [b"EHLO gw.test"], conn.received
+
+
+# -- the backend dies in the middle of DATA: the client never sees 250 --------------
+
+def dies_in_data(ctx=None):
+    """A backend that takes the envelope, says 354, reads a little of the
+    message and disappears."""
+    head = [tls(ctx)] if ctx is not None else []
+    return head + [send(BACKEND_GREETING), recv_line(b"EHLO"),
+                   send(b"250-fake.backend.test\r\n250 8BITMIME\r\n"),
+                   recv_line(b"MAIL"), send(b"250 2.1.0 Ok\r\n"),
+                   recv_line(b"RCPT"), send(b"250 2.1.5 Ok\r\n"),
+                   recv_line(b"DATA"), send(b"354 go ahead\r\n"),
+                   recv_line(), close()]
+
+
+MID_DATA = [("submissions", "plain", "terminate"), ("submissions", "implicit", "terminate"),
+            ("submission", "plain", "terminate"), ("submissions", "implicit", "passthrough")]
+
+
+@pytest.mark.parametrize("service,flavour,mode", MID_DATA,
+                         ids=[f"{s}-{m}-to-{f}" for s, f, m in MID_DATA])
+def test_backend_dying_mid_data_never_yields_250(gateway, ca, good_backend_cert, service,
+                                                 flavour, mode):
+    ctx = server_context(*good_backend_cert) if flavour == "implicit" else None
+    gw = gateway(service, flavour, dies_in_data(ctx), mode=mode)
+    name = "backend.test" if mode == "passthrough" else HOSTNAME
+    with connect(gw.port, timeout=30) as raw:
+        if service == "submission":
+            cleartext_to_go_ahead(raw)
+        with client_context(ca).wrap_socket(raw, server_hostname=name) as s:
+            if service == "submissions":
+                assert read_reply(s) == BACKEND_GREETING
+            s.sendall(b"EHLO client.test\r\n")
+            assert read_reply(s).startswith(b"250")
+            s.sendall(b"MAIL FROM:<a@client.test>\r\n")
+            assert read_reply(s).startswith(b"250")
+            s.sendall(b"RCPT TO:<b@backend.test>\r\n")
+            assert read_reply(s).startswith(b"250")
+            s.sendall(b"DATA\r\n")
+            assert read_reply(s).startswith(b"354")
+            try:
+                s.sendall(b"Subject: lost\r\n\r\n" + b"x" * 200000 + b"\r\n.\r\n")
+            except (BrokenPipeError, ConnectionResetError, ssl.SSLError):
+                pass  # the relay may close before the whole message is written
+            try:
+                rest = recv_until_closed(s)
+            except (ConnectionResetError, ssl.SSLError):
+                rest = b""
+    assert not any(line.startswith(b"250") for line in rest.split(b"\r\n")), rest
+    line = gw.wait_session_line()
+    assert 'close="' in line, line
+    assert_alive(gw)

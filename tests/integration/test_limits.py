@@ -155,3 +155,83 @@ def test_exception_list_replaces_loopback(sallyport, ca):
         assert first_bytes(held).startswith(b"220 ")
         with connect(port) as extra:
             refused_with(extra, busy)
+
+
+# ---- running out: max_connections and file descriptors ------------------------------
+
+def test_max_connections_pauses_accept_and_resumes(sallyport, ca):
+    greeting, _ = SERVICES["submission"]
+    port = free_port()
+    sp = sallyport(config(ca, port, "submission", max_connections=3))
+    held = [connect(port) for _ in range(3)]
+    try:
+        for s in held:
+            assert first_bytes(s).startswith(greeting)
+        waiting = connect(port)  # queued by the kernel, not accepted
+        held.append(waiting)
+        sp.wait_log("the max_connections limit; pausing accept")
+        waiting.setblocking(False)
+        with pytest.raises(BlockingIOError):
+            waiting.recv(1)
+        waiting.setblocking(True)
+        held.pop(0).close()
+        assert first_bytes(waiting).startswith(greeting)
+    finally:
+        for s in held:
+            s.close()
+
+
+def test_out_of_file_descriptors(tmp_path, ca):
+    """With a small descriptor limit, clients beyond it wait in the listen
+    queue while sallyport backs off (no busy loop: one log line per back-off),
+    and are served as soon as descriptors free up."""
+    import resource
+    import subprocess
+    from conftest import SALLYPORT, SANITIZER_MARKERS
+    greeting, _ = SERVICES["submission"]
+    port = free_port()
+    conf = tmp_path / "emfile.conf"
+    conf.write_text(config(ca, port, "submission"))
+    log_path = tmp_path / "emfile.log"
+    limit = 40
+
+    def small_limit():
+        resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
+
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen([SALLYPORT, "-c", str(conf)], stdout=log, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, preexec_fn=small_limit)
+    held = []
+    try:
+        wait_for(lambda: b"sallyport ready" in log_path.read_bytes(), TIMEOUT, what="ready")
+        for _ in range(limit + 10):
+            held.append(connect(port))
+        wait_for(lambda: b"Too many open files; pausing" in log_path.read_bytes(), TIMEOUT,
+                 what="the EMFILE back-off")
+        greeted = []
+        for s in held:
+            s.setblocking(False)
+            try:
+                if s.recv(4096).startswith(greeting):
+                    greeted.append(s)
+            except BlockingIOError:
+                pass
+            s.setblocking(True)
+        assert 10 < len(greeted) < limit, len(greeted)
+        waiting = [s for s in held if s not in greeted]
+        for s in greeted:
+            s.close()
+        held = waiting
+        for s in waiting[:len(greeted) - 5]:
+            assert first_bytes(s).startswith(greeting)
+        assert proc.poll() is None
+        pauses = log_path.read_text().count("Too many open files; pausing")
+        assert pauses < 60, f"{pauses} back-offs: accept is spinning"
+    finally:
+        for s in held:
+            s.close()
+        proc.terminate()
+        proc.wait(timeout=10)
+    text = log_path.read_text()
+    assert not any(m in text for m in SANITIZER_MARKERS), text
+    assert proc.returncode == 0, text[-3000:]

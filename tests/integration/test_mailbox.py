@@ -311,6 +311,28 @@ def test_smuggling_variants_store_nothing(sallyport, tmp_path, fake_end):
     assert "bare CR or LF" in mb.sp.log()
 
 
+@pytest.mark.parametrize("fake_end", [b"\r\n\x00.\r\n", b"\r\n.\x00\r\n", b"\r\n\x00.\x00\r\n"],
+                         ids=repr)
+def test_nul_fake_ends_smuggle_nothing(sallyport, tmp_path, fake_end):
+    """A NUL next to the dot (a server that drops NULs would see an end of
+    data) is message content: one message is stored, holding the would-be
+    smuggled transaction as text, and no second message appears."""
+    mb = start_mailbox(sallyport, tmp_path)
+    c = raw_session(mb)
+    c.send(b"MAIL FROM:<alice@sender.example>\r\nRCPT TO:<bob@mx.test>\r\nDATA\r\n")
+    c.expect(250)
+    c.expect(250)
+    c.expect(354)
+    c.send(b"Subject: first\r\n\r\nfirst" + fake_end + SMUGGLED + b".\r\nQUIT\r\n")
+    c.expect(250)
+    c.expect(221)
+    assert c.until_eof() == b""
+    (stored,) = [p.read_bytes() for p in mb.new()]
+    unstuffed = fake_end.replace(b"\r\n.", b"\r\n", 1)  # a leading dot is stuffing
+    assert stored.endswith(b"\r\nSubject: first\r\n\r\nfirst" + unstuffed + SMUGGLED), stored
+    assert "from=<admin@sender.example>" not in mb.sp.log()
+
+
 def test_bare_lf_message_refused(sallyport, tmp_path):
     mb = start_mailbox(sallyport, tmp_path)
     c = raw_session(mb)

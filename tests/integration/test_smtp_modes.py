@@ -5,8 +5,10 @@ s_client) against real backends (the embedded mailbox and Postfix).
 Every message is checked where it lands: the body's sha256 in the right
 Maildir (the mailbox keeps CRLF and prepends Return-Path:/Received:; Postfix
 stores LF and adds its own headers)."""
+import base64
 import re
 import smtplib
+import socket
 
 import pytest
 
@@ -323,3 +325,46 @@ def test_no_sni_openssl_gets_default_certificate(sallyport, tmp_path, ca):
         d.close()
     assert "depth=0 CN = default.test" in err, err
     assert "mail.route1.test" not in err, err
+
+
+# ---- STARTTLS injection, end to end: nothing injected is ever stored -----------------
+
+def injected_transaction(rcpt=RCPT):
+    auth = base64.b64encode(f"\0{USER}\0{PASSWORD}".encode())
+    return (b"EHLO injected.test\r\nAUTH PLAIN " + auth + b"\r\nMAIL FROM:<" + SENDER.encode()
+            + b">\r\nRCPT TO:<" + rcpt.encode() + b">\r\nDATA\r\nSubject: injected\r\n\r\n"
+            b"injected\r\n.\r\nQUIT\r\n")
+
+
+@pytest.mark.parametrize("split", [False, True], ids=["same-write", "after-go-ahead"])
+@pytest.mark.parametrize("way", [STARTTLS_TERMINATE, STARTTLS_PASSTHROUGH], ids=str)
+def test_injected_transaction_is_never_stored(sallyport, tmp_path, ca, way, split):
+    """AUTH, MAIL, RCPT and DATA sent in cleartext behind STARTTLS (in the same
+    write, or after the go-ahead instead of a ClientHello) would deliver a
+    message if they were read as if they came inside TLS. None is stored; a
+    real session afterwards is."""
+    sp, port, maildir = mailbox_gateway(sallyport, tmp_path, ca, way)
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
+        f = s.makefile("rb")
+        assert f.readline().startswith(b"220 ")
+        s.sendall(b"EHLO client.test\r\n")
+        while not f.readline().startswith(b"250 "):
+            pass
+        if split:
+            s.sendall(b"STARTTLS\r\n")
+            assert f.readline().startswith(b"220 2.0.0")
+            s.sendall(injected_transaction())
+        else:
+            s.sendall(b"STARTTLS\r\n" + injected_transaction())
+        try:
+            rest = f.read()
+        except ConnectionResetError:  # closed with the injected bytes unread
+            rest = b""
+        assert rest == b"", rest  # closed, nothing answered
+    sp.wait_log("command injection")
+    mark = marker()
+    msg = make_message(mark, standard_body(mark), RCPT)
+    send("smtplib", way, port, SNI, ca.cert, [RCPT], msg, auth=AUTH, tmp=tmp_path)
+    (stored,) = wait_maildir(maildir)
+    assert b"injected" not in stored
+    assert_mailbox_stored(stored, msg)

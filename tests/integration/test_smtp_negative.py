@@ -17,7 +17,7 @@ import warnings
 import pytest
 
 from conftest import free_port
-from fakebackend import (GREETING, HOSTNAME, MUST_STARTTLS, FakeBackend, Gateway,
+from fakebackend import (GO_AHEAD, GREETING, HOSTNAME, MUST_STARTTLS, FakeBackend, Gateway,
                          assert_alive, cleartext_to_go_ahead, client_context, client_hello,
                          connect, read_line, read_reply, recv_line, recv_until_closed, send,
                          server_context, smtp_server, tls)
@@ -404,3 +404,164 @@ def test_passthrough_session_is_logged_as_passthrough(gateway, ca, backend_cert,
     else:
         assert conn.cleartext == b""
     assert conn.lines(tls_part=True) == [b"EHLO client.test", b"QUIT"]
+
+
+# -- ALPN (ALPACA: a TLS session meant for another protocol) -------------------------
+
+def alpn_context(ca, protocols, selected):
+    """A client context offering `protocols`; appends each handshake's
+    selected ALPN protocol to `selected`."""
+    class Recording(ssl.SSLSocket):
+        def do_handshake(self, *args, **kwargs):
+            super().do_handshake(*args, **kwargs)
+            selected.append(self.selected_alpn_protocol())
+
+    ctx = client_context(ca)
+    ctx.set_alpn_protocols(protocols)
+    ctx.sslsocket_class = Recording
+    return ctx
+
+
+@pytest.mark.parametrize("service", SERVICES)
+def test_foreign_alpn_terminate_gets_no_application_protocol(gateway, ca, service):
+    gw = gateway("terminate", service=service)
+    with connect(gw.port) as s:
+        if service == "submission":
+            cleartext_to_go_ahead(s)
+        with pytest.raises(ssl.SSLError) as failure:
+            alpn_context(ca, ["http/1.1", "h2"], []).wrap_socket(s, server_hostname=HOSTNAME)
+    assert "NO APPLICATION PROTOCOL" in str(failure.value).upper().replace("_", " "), failure.value
+    line = gw.wait_session_line()
+    assert "alert no_application_protocol" in line, line
+    assert gw.fb.count == 0
+    # Offering smtp among others, or no ALPN at all, is fine; smtp is selected.
+    selected = []
+    smtp_session(gw, alpn_context(ca, ["h2", "smtp"], selected), HOSTNAME)
+    assert selected == ["smtp"], selected
+    smtp_session(gw, client_context(ca), HOSTNAME)
+    assert gw.fb.count == 2
+
+
+# -- the attack suite: spellings, order, the wrong handshake, names ------------------
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("starttls", [b"starttls", b"StartTLS", b"STARTTLS ", b"sTaRtTlS  "],
+                         ids=["lower", "mixed", "trailing-space", "odd-case-spaces"])
+def test_starttls_spellings_with_injection_drop(gateway, mode, starttls):
+    """Every spelling the dialogue accepts as STARTTLS is also held to the
+    injection rule: a command behind it in the same write is never answered."""
+    gw = gateway(mode)
+    with connect(gw.port) as s:
+        assert read_line(s) == GREETING
+        s.sendall(b"EHLO client.test\r\n")
+        read_reply(s)
+        s.sendall(starttls + b"\r\nMAIL FROM:<a@b.test>\r\n")
+        assert recv_until_closed(s) == b""
+    gw.sp.wait_log("command injection")
+    assert gw.fb.count == 0
+
+
+@pytest.mark.parametrize("starttls", [b"starttls", b"StartTLS", b"STARTTLS "],
+                         ids=["lower", "mixed", "trailing-space"])
+def test_starttls_spellings_are_accepted(gateway, ca, starttls):
+    gw = gateway("terminate")
+    with connect(gw.port) as s:
+        assert read_line(s) == GREETING
+        s.sendall(starttls + b"\r\n")
+        assert read_reply(s) == GO_AHEAD
+        with client_context(ca).wrap_socket(s, server_hostname=HOSTNAME) as t:
+            t.sendall(b"EHLO client.test\r\n")
+            assert read_reply(t).startswith(b"250")
+
+
+@pytest.mark.parametrize("command", [b"STARTTLSX", b"STARTTLS now", b"START TLS", b"XSTARTTLS",
+                                     b" STARTTLS", b"STARTTLS\t"],
+                         ids=["suffix", "argument", "space-inside", "prefix", "leading-space",
+                              "tab"])
+def test_near_starttls_is_not_starttls(gateway, command):
+    """Near misses get a plain refusal and no go-ahead: nothing starts TLS but
+    the command itself."""
+    gw = gateway("terminate")
+    with connect(gw.port) as s:
+        assert read_line(s) == GREETING
+        s.sendall(command + b"\r\n")
+        reply = read_reply(s)
+        assert reply[:1] in (b"5",), reply
+        s.sendall(b"NOOP\r\n")
+        assert read_reply(s).startswith(b"250 ")
+    assert gw.fb.count == 0
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_clienthello_before_starttls_is_closed(gateway, ca, mode):
+    """A client that starts TLS on a STARTTLS port (configured for implicit
+    TLS): closed at once, not read as lines nor left to time out."""
+    gw = gateway(mode)
+    with connect(gw.port) as s:
+        assert read_line(s) == GREETING
+        s.sendall(client_hello(HOSTNAME))
+        assert recv_until_closed(s) == b""
+    line = gw.wait_session_line()
+    assert "TLS handshake before STARTTLS" in line, line
+    assert gw.fb.count == 0
+    smtp_session(gw, client_context(ca), HOSTNAME)  # still serving
+
+
+def test_talking_before_the_greeting(gateway, ca):
+    """A client that does not wait for the greeting: its lines are answered
+    in order after the greeting, and STARTTLS still works."""
+    gw = gateway("terminate")
+    with connect(gw.port) as s:
+        s.sendall(b"EHLO early.test\r\n")
+        assert read_line(s) == GREETING
+        assert read_reply(s).startswith(b"250-")
+        s.sendall(b"STARTTLS\r\n")
+        assert read_reply(s) == GO_AHEAD
+
+
+def test_starttls_pipelined_before_the_greeting_is_injection(gateway):
+    gw = gateway("terminate")
+    with connect(gw.port) as s:
+        s.sendall(b"EHLO early.test\r\nSTARTTLS\r\nMAIL FROM:<a@b.test>\r\n")
+        data = recv_until_closed(s)
+    # The greeting and the EHLO reply may go out, the go-ahead never does.
+    assert GO_AHEAD not in data and b"\r\n220 2.0.0" not in data, data
+    gw.sp.wait_log("command injection")
+    assert gw.fb.count == 0
+
+
+def test_command_split_over_many_writes(gateway, ca):
+    """Commands arrive in pieces (one byte per write here) and are still whole
+    lines to the dialogue; so is STARTTLS."""
+    gw = gateway("terminate")
+    with connect(gw.port) as s:
+        assert read_line(s) == GREETING
+        for command, expect in ((b"EHLO split.test\r\n", b"250-"), (b"MAIL FROM:<a@b>\r\n", b"530"),
+                                (b"STARTTLS\r\n", b"220 2.0.0")):
+            for i in range(len(command)):
+                s.sendall(command[i:i + 1])
+            assert read_reply(s).startswith(expect)
+        with client_context(ca).wrap_socket(s, server_hostname=HOSTNAME) as t:
+            t.sendall(b"EHLO client.test\r\n")
+            assert read_reply(t).startswith(b"250")
+
+
+@pytest.mark.parametrize("service", SERVICES)
+@pytest.mark.parametrize("bad", [b"a\r\nb", b"a\x00b", b"a b", b"a;b"],
+                         ids=["crlf", "nul", "space", "semicolon"])
+def test_sni_with_control_bytes_is_refused(gateway, service, bad):
+    """A server name that could split a line or a log field never reaches a
+    route or a backend: the ClientHello is refused as malformed."""
+    gw = gateway("passthrough", service=service)
+    hello = client_hello("axb.test")
+    assert hello.count(b"axb") == 1
+    hello = hello.replace(b"axb", bad)
+    with connect(gw.port) as s:
+        if service == "submission":
+            cleartext_to_go_ahead(s)
+        s.sendall(hello)
+        assert recv_until_closed(s) == b""
+    line = gw.wait_session_line()
+    assert "bad ClientHello: malformed" in line and "sni=-" in line, line
+    assert "\r" not in line and "\x00" not in line
+    assert gw.fb.count == 0
