@@ -21,7 +21,7 @@ LIB_OBJS := $(filter-out $(BUILD)/src/main.o,$(OBJS))
 
 BIN      ?= sallyport
 
-.PHONY: all deps check unit integration demo clean format format-check clang asan
+.PHONY: all deps check unit integration demo clean format format-check clang asan valgrind
 all: $(BIN)
 
 $(BIN): $(OBJS)
@@ -70,6 +70,18 @@ asan:
 	$(ASAN_ENV) $(MAKE) $(ASAN_VARS) unit
 	$(ASAN_ENV) $(MAKE) $(ASAN_VARS) integration
 
+# A short run of the daemon under valgrind (memcheck): any error or definite
+# leak makes valgrind exit 99, which conftest.py reports as a failure.
+VALGRIND_TESTS ?= test_smtp_modes.py::test_mailbox_end_to_end \
+	test_smtp_negative.py::test_command_pipelined_behind_starttls_drops_the_connection \
+	test_access_negative.py::test_foreign_alpn_terminate_gets_no_application_protocol \
+	test_limits.py::test_max_client_connections
+valgrind: $(BIN)
+	cd tests/integration && SALLYPORT=$(abspath $(BIN)) \
+	    SALLYPORT_WRAPPER="valgrind -q --error-exitcode=99 --leak-check=full \
+	    --errors-for-leak-kinds=definite --show-leak-kinds=definite" \
+	    $(PYTHON) -m pytest -q -ra $(VALGRIND_TESTS) -k "not swaks and not curl"
+
 # The same sources must build warning-free with clang too.
 clang:
 	$(MAKE) CC=clang BUILD=build/clang BIN=build/clang/sallyport build/clang/sallyport
@@ -80,6 +92,7 @@ check: deps
 	$(MAKE) clang
 	$(MAKE) integration
 	$(MAKE) fuzz-smoke
+	$(MAKE) valgrind
 	$(MAKE) asan
 
 demo: deps

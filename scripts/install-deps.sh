@@ -7,7 +7,7 @@ set -eu
 PACKAGES="build-essential gcc clang pkg-config make \
 libssl-dev libev-dev libinih-dev libcrypt-dev libcmocka-dev \
 openssl curl swaks libnet-ssleay-perl libio-socket-ssl-perl postfix python3 python3-pytest \
-dovecot-imapd dovecot-pop3d dovecot-managesieved clang-format"
+dovecot-imapd dovecot-pop3d dovecot-managesieved clang-format testssl.sh valgrind"
 
 missing=""
 for p in $PACKAGES; do

@@ -4,6 +4,7 @@ Everything runs on loopback with ephemeral ports and certificates generated
 per test session. Every process started here is killed at teardown.
 """
 import os
+import shlex
 import socket
 import subprocess
 import time
@@ -13,7 +14,10 @@ import pytest
 
 SALLYPORT = os.environ.get(
     "SALLYPORT", str(Path(__file__).resolve().parents[2] / "sallyport"))
-READY_TIMEOUT = 20.0
+# A command the daemon runs under (make valgrind: valgrind with
+# --error-exitcode), so a memory error shows as an unexpected exit code.
+WRAPPER = shlex.split(os.environ.get("SALLYPORT_WRAPPER", ""))
+READY_TIMEOUT = 60.0 if WRAPPER else 20.0
 # Lines a sanitizer build prints; any of them in a log fails the test.
 SANITIZER_MARKERS = ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error:",
                      "WARNING: AddressSanitizer")
@@ -89,7 +93,7 @@ class Sallyport:
         self.config.write_text(config_text)
         self.log_path = directory / f"{name}.log"
         self._log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen([SALLYPORT, "-c", str(self.config)],
+        self.proc = subprocess.Popen(WRAPPER + [SALLYPORT, "-c", str(self.config)],
                                      stdout=self._log, stderr=subprocess.STDOUT,
                                      stdin=subprocess.DEVNULL)
         try:

@@ -423,6 +423,20 @@ def client_context(ca):
     return ctx
 
 
+def alpn_context(ca, protocols, selected):
+    """client_context() offering the ALPN `protocols`; appends each
+    handshake's selected ALPN protocol (or None) to `selected`."""
+    class Recording(ssl.SSLSocket):
+        def do_handshake(self, *args, **kwargs):
+            super().do_handshake(*args, **kwargs)
+            selected.append(self.selected_alpn_protocol())
+
+    ctx = client_context(ca)
+    ctx.set_alpn_protocols(protocols)
+    ctx.sslsocket_class = Recording
+    return ctx
+
+
 def cleartext_to_go_ahead(sock):
     """Greeting, EHLO, STARTTLS, "220 Ready" on a STARTTLS listener: up to
     where the client's TLS handshake must start."""

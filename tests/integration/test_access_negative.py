@@ -18,6 +18,7 @@ import ssl
 import pytest
 
 from conftest import free_port
+from fakebackend import alpn_context
 from fakeaccess import (HOSTNAME, IMAP, IMAP_BACKEND_TLS_GREETING, IMAP_CAPABILITY,
                         POP3, POP3_BACKEND_GREETING, POP3_GREETING, POP3_MUST_STLS, SIEVE,
                         SIEVE_BACKEND_CAPS, FakeAccess, Gateway, access_config,
@@ -534,18 +535,6 @@ ALPN_IDS = {"imap": "imap", "imaps": "imap", "pop3": "pop3", "pop3s": "pop3",
             "sieve": "managesieve"}
 
 
-def alpn_context(ca, protocols, selected):
-    """A client context offering `protocols`; appends each handshake's
-    selected ALPN protocol to `selected`."""
-    class Recording(ssl.SSLSocket):
-        def do_handshake(self, *args, **kwargs):
-            super().do_handshake(*args, **kwargs)
-            selected.append(self.selected_alpn_protocol())
-
-    ctx = client_context(ca)
-    ctx.set_alpn_protocols(protocols)
-    ctx.sslsocket_class = Recording
-    return ctx
 
 
 @pytest.mark.parametrize("service", ALL_SERVICES)

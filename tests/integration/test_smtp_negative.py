@@ -18,6 +18,7 @@ import pytest
 
 from conftest import free_port
 from fakebackend import (GO_AHEAD, GREETING, HOSTNAME, MUST_STARTTLS, FakeBackend, Gateway,
+                         alpn_context,
                          assert_alive, cleartext_to_go_ahead, client_context, client_hello,
                          connect, read_line, read_reply, recv_line, recv_until_closed, send,
                          server_context, smtp_server, tls)
@@ -408,18 +409,6 @@ def test_passthrough_session_is_logged_as_passthrough(gateway, ca, backend_cert,
 
 # -- ALPN (ALPACA: a TLS session meant for another protocol) -------------------------
 
-def alpn_context(ca, protocols, selected):
-    """A client context offering `protocols`; appends each handshake's
-    selected ALPN protocol to `selected`."""
-    class Recording(ssl.SSLSocket):
-        def do_handshake(self, *args, **kwargs):
-            super().do_handshake(*args, **kwargs)
-            selected.append(self.selected_alpn_protocol())
-
-    ctx = client_context(ca)
-    ctx.set_alpn_protocols(protocols)
-    ctx.sslsocket_class = Recording
-    return ctx
 
 
 @pytest.mark.parametrize("service", SERVICES)
