@@ -59,6 +59,7 @@ VALUE_KEY(service, enum service)
 VALUE_KEY(flavour, enum tls_flavour)
 VALUE_KEY(log_level, enum log_level)
 VALUE_KEY(string, char *)
+VALUE_KEY(hostname, char *)
 VALUE_KEY(readable, char *)
 
 /* One endpoint: "submission = HOST:PORT [flavour]". */
@@ -138,7 +139,7 @@ static const struct key_def keys[] = {
     {K_LISTENER, "service", key_service, OFF(cfg_listener, service), KEY_CORE},
     {K_LISTENER, "address", key_string, OFF(cfg_listener, address), 0},
     {K_LISTENER, "mode", key_mode, OFF(cfg_listener, mode), KEY_CORE},
-    {K_LISTENER, "hostname", key_string, OFF(cfg_listener, hostname), 0},
+    {K_LISTENER, "hostname", key_hostname, OFF(cfg_listener, hostname), 0},
     {K_BACKEND, "host", key_host, 0, KEY_CORE},
     {K_BACKEND, "ca", key_readable, OFF(cfg_backend, ca), 0},
     {K_BACKEND, "verify", key_bool, OFF(cfg_backend, verify), 0},
@@ -152,7 +153,7 @@ static const struct key_def keys[] = {
     {K_MAILBOX, "key", key_readable, OFF(cfg_mailbox, key), 0},
     {K_MAILBOX, "maildir", key_string, OFF(cfg_mailbox, maildir), KEY_REQUIRED},
     {K_MAILBOX, "users", key_readable, OFF(cfg_mailbox, users), 0},
-    {K_MAILBOX, "hostname", key_string, OFF(cfg_mailbox, hostname), 0},
+    {K_MAILBOX, "hostname", key_hostname, OFF(cfg_mailbox, hostname), 0},
     {K_MAILBOX, "max_message_size", key_size, OFF(cfg_mailbox, max_message_size), 0},
 };
 #define NKEYS (sizeof keys / sizeof keys[0])

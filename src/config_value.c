@@ -183,6 +183,28 @@ bool value_string(const char *text, char **out, char *err, size_t errlen)
     return true;
 }
 
+bool value_hostname(const char *text, char **out, char *err, size_t errlen)
+{
+    size_t len = strlen(text);
+    bool ok = len > 0 && len <= 253;
+    for (const char *p = text; ok && *p; p++)
+        ok = (*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || (*p >= '0' && *p <= '9') ||
+             *p == '-' || *p == '.' || *p == '_';
+    if (!ok) {
+        char shown[201];
+        size_t n = 0;
+        for (; n + 1 < sizeof shown && text[n]; n++)
+            shown[n] = text[n] >= 0x20 && text[n] < 0x7f ? text[n] : '?';
+        shown[n] = '\0';
+        snprintf(err, errlen,
+                 "bad host name '%s' (expected a name such as mx.example.net: letters, "
+                 "digits, '-', '_' and '.')",
+                 shown);
+        return false;
+    }
+    return value_string(text, out, err, errlen);
+}
+
 bool value_readable(const char *text, char **out, char *err, size_t errlen)
 {
     if (text[0] != '\0' && access(text, R_OK) != 0) {

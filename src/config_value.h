@@ -44,6 +44,10 @@ bool value_log_level(const char *text, enum log_level *out, char *err, size_t er
 bool value_string(const char *text, char **out, char *err, size_t errlen);
 
 /* A path this process can read now; *out as for value_string(). */
+/* A host name sallyport calls itself in greetings and EHLO: letters,
+ * digits, '-', '_' and '.', so that it can never split a protocol line. */
+bool value_hostname(const char *text, char **out, char *err, size_t errlen);
+
 bool value_readable(const char *text, char **out, char *err, size_t errlen);
 
 /* "HOST[:PORT] [plain|implicit|starttls]" for one service of a backend: the

@@ -594,3 +594,40 @@ def test_clienthello_before_starttls_is_closed(gateway, ca, proto, mode):
     assert "TLS handshake before STARTTLS" in line, line
     access_session(gw, client_context(ca), HOSTNAME)  # still serving
     assert gw.fb.count == 1
+
+
+class OneByteAtATime:
+    """A socket whose sendall() writes one byte per send() call."""
+
+    def __init__(self, sock):
+        self.sock = sock
+
+    def sendall(self, data):
+        for i in range(len(data)):
+            self.sock.sendall(data[i:i + 1])
+
+    def __getattr__(self, name):
+        return getattr(self.sock, name)
+
+
+@pytest.mark.parametrize("proto", PROTOS, ids=proto_id)
+def test_commands_in_one_byte_writes_and_before_the_greeting(gateway, ca, proto):
+    """A client that speaks before the greeting, and one whose commands come a
+    byte per write: both are answered in order, and STARTTLS still works."""
+    gw = gateway(proto.starttls_service, "terminate")
+    with connect(gw.port) as s:
+        s.sendall(NOOPS[proto.name])  # before reading the greeting
+        proto.read_greeting(s)
+        if proto is IMAP:
+            assert re.fullmatch(rb"b OK [^\r\n]*\r\n", read_imap(s, b"b"))
+        elif proto is POP3:
+            assert read_pop3_multiline(s).startswith(b"+OK")
+        else:
+            assert re.fullmatch(rb"OK( [^\r\n]*)?\r\n", read_sieve(s))
+        slow = OneByteAtATime(s)
+        still_talking(proto, slow)
+        proto.starttls(slow)
+        with client_context(ca).wrap_socket(s, server_hostname=HOSTNAME) as t:
+            expect = (SIEVE_BACKEND_CAPS if proto is SIEVE else None)
+            session_inside_tls(proto, t, expect)
+    assert gw.fb.count == 1

@@ -9,6 +9,7 @@ close. Either way a log line says which limit, and the address is admitted
 again as soon as it is back under the limit. The clients here all come from
 127.0.0.1, so the tests that exercise a limit set client_limit_exceptions =
 none."""
+import select
 import socket
 
 import pytest
@@ -235,3 +236,70 @@ def test_out_of_file_descriptors(tmp_path, ca):
     text = log_path.read_text()
     assert not any(m in text for m in SANITIZER_MARKERS), text
     assert proc.returncode == 0, text[-3000:]
+
+
+# ---- slow and idle clients ------------------------------------------------------------
+
+def mailbox_config(ca, tmp_path, port, service, mode, **global_opts):
+    """A listener in front of an embedded mailbox (plain behind terminate, of
+    the listener's flavour behind passthrough)."""
+    cert, key = ca.issue("limits-gw", [HOSTNAME])
+    tls = "plain" if mode == "terminate" else ("implicit" if service == "submissions"
+                                               else "starttls")
+    text = "[global]\nlog_level = debug\n"
+    text += "".join(f"{k} = {v}\n" for k, v in global_opts.items())
+    text += (f"[certificate gw]\ncert = {cert}\nkey = {key}\n"
+             f"[listener l]\nservice = {service}\naddress = 127.0.0.1:{port}\n"
+             f"mode = {mode}\nhostname = {HOSTNAME}\n"
+             f"[mailbox box]\naddress = 127.0.0.1:{free_port()}\nmaildir = {tmp_path / 'box'}\n"
+             f"tls = {tls}\nhostname = {HOSTNAME}\n")
+    if tls != "plain":
+        text += f"cert = {cert}\nkey = {key}\n"
+    text += "[route r]\nsni = *\nbackend = box\n"
+    return text
+
+
+@pytest.mark.parametrize("mode", ["terminate", "passthrough"])
+def test_slow_clienthello_hits_the_handshake_timeout(sallyport, ca, tmp_path, mode):
+    """A ClientHello trickled a byte at a time: the handshake timeout covers
+    the whole handshake, so the trickle cannot stretch it."""
+    from fakebackend import client_hello
+    port = free_port()
+    sp = sallyport(mailbox_config(ca, tmp_path, port, "submissions", mode, handshake_timeout=2))
+    hello = client_hello(HOSTNAME)
+    sent = 0
+    with connect(port) as s:
+        try:
+            for i in range(len(hello)):  # 517 bytes at 50 ms: 26 s if never cut
+                s.sendall(hello[i:i + 1])
+                sent += 1
+                readable = select.select([s], [], [], 0.05)[0]
+                if readable and s.recv(4096) == b"":
+                    break
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+    assert sent < len(hello), "the whole trickled ClientHello was accepted"
+    line = wait_for(lambda: [l for l in sp.log().splitlines() if "handshake timeout" in l],
+                    TIMEOUT, what="the timeout's log line")[0]
+    assert "session listener=l" in line, line
+
+
+def test_idle_relay_hits_the_idle_timeout(sallyport, ca, tmp_path):
+    import ssl
+    port = free_port()
+    sp = sallyport(mailbox_config(ca, tmp_path, port, "submissions", "terminate",
+                                  idle_timeout=1))
+    ctx = ssl.create_default_context(cafile=str(ca.cert))
+    with ctx.wrap_socket(connect(port), server_hostname=HOSTNAME) as s:
+        assert first_bytes(s).startswith(b"220 ")
+        s.sendall(b"EHLO client.test\r\n")
+        assert first_bytes(s).startswith(b"250")
+        data = b""
+        while True:  # nothing more from us: sallyport ends the session
+            chunk = s.recv(4096)
+            if not chunk:
+                break
+            data += chunk
+    line = wait_for(lambda: [l for l in sp.log().splitlines() if 'close="idle timeout"' in l],
+                    TIMEOUT, what="the idle timeout's log line")[0]
+    assert "route=r backend=box" in line, line

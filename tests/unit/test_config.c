@@ -256,6 +256,21 @@ static void test_client_limits(void **state)
     done(&r);
 }
 
+/* sallyport writes its hostname into greetings and EHLO lines: a value that
+ * could split a line (a CR inside a config line survives inih) is refused. */
+static void test_hostname_errors(void **state)
+{
+    (void)state;
+    expect_errors("[listener submission]\nmode = passthrough\nhostname = mx\rRCPT TO:<x@y>\n"
+                  "[backend mx1]\nhost = 10.0.0.5\n[route r]\nsni = *\nbackend = mx1\n"
+                  "[mailbox m]\naddress = 127.0.0.1:2525\nmaildir = /tmp/m\nhostname = a b\n",
+                  "cfg:3: hostname: bad host name 'mx?RCPT TO:<x@y>' (expected a name such as "
+                  "mx.example.net: letters, digits, '-', '_' and '.')\n"
+                  "cfg:12: hostname: bad host name 'a b' (expected a name such as "
+                  "mx.example.net: letters, digits, '-', '_' and '.')\n",
+                  2);
+}
+
 static void test_client_limit_errors(void **state)
 {
     (void)state;
@@ -1060,6 +1075,7 @@ int main(void)
         cmocka_unit_test(test_long_line),
         cmocka_unit_test(test_client_limits),
         cmocka_unit_test(test_client_limit_errors),
+        cmocka_unit_test(test_hostname_errors),
         cmocka_unit_test(test_nul_byte_in_line),
         cmocka_unit_test(test_many_errors),
         cmocka_unit_test(test_missing_file),

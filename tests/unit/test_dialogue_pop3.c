@@ -22,79 +22,12 @@
 #define TOO_MANY  "-ERR " HOST " Too many errors, closing connection\r\n"
 #define LONG_LINE "-ERR Line too long\r\n"
 
-/* ---- fixture and helpers ---- */
-
-struct fx {
-    struct dialogue_server ds;
-    struct dialogue_backend db;
-    struct buf out;
-};
+#define HARNESS_PROTO PROTO_POP3
+#include "dialogue_harness.h"
 
 static const struct dialogue *pop3(void)
 {
-    const struct dialogue *d = dialogue_for(PROTO_POP3);
-    assert_non_null(d);
-    return d;
-}
-
-static int fx_setup(void **state)
-{
-    struct fx *f = test_calloc(1, sizeof *f);
-    assert_non_null(f);
-    /* A generous error budget; tests of the limit re-initialise. */
-    dialogue_server_init(&f->ds, HOST, 100);
-    *state = f;
-    return 0;
-}
-
-static int fx_teardown(void **state)
-{
-    test_free(*state);
-    return 0;
-}
-
-/* Renders bytes for a failure message, escaping anything unprintable. */
-static const char *shown(const void *bytes, size_t len, char *to, size_t size)
-{
-    const unsigned char *p = bytes;
-    size_t n = 0;
-    for (size_t i = 0; i < len && n + 5 < size; i++) {
-        if (p[i] >= 0x20 && p[i] < 0x7f && p[i] != '\\')
-            to[n++] = (char)p[i];
-        else
-            n += (size_t)snprintf(to + n, size - n, "\\x%02x", p[i]);
-    }
-    to[n] = '\0';
-    return to;
-}
-
-/* Fails, showing both, unless `out` holds exactly the bytes of `want`. */
-static void assert_out(const struct buf *out, const char *want)
-{
-    size_t n = strlen(want);
-    if (out->len == n && memcmp(out->data, want, n) == 0)
-        return;
-    char got_s[2048], want_s[2048];
-    fail_msg("queued \"%s\"\n  expected \"%s\"", shown(out->data, out->len, got_s, sizeof got_s),
-             shown(want, n, want_s, sizeof want_s));
-}
-
-/* Feeds `len` bytes of `line` to on_line; asserts the action and the reply. */
-static void expect_bytes(struct fx *f, const char *line, size_t len, enum dialogue_action action,
-                         const char *reply)
-{
-    char in[256];
-    f->out.len = 0;
-    enum dialogue_action got = pop3()->on_line(&f->ds, line, len, &f->out);
-    if (got != action)
-        fail_msg("\"%s\": action %d, expected %d", shown(line, len, in, sizeof in), (int)got,
-                 (int)action);
-    assert_out(&f->out, reply);
-}
-
-static void expect(struct fx *f, const char *line, enum dialogue_action action, const char *reply)
-{
-    expect_bytes(f, line, strlen(line), action, reply);
+    return harness_dialogue();
 }
 
 /* ---- table ---- */
