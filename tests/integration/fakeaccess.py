@@ -26,120 +26,29 @@ runs out of steps reads and records until the peer closes, so "what else
 arrived" is always known. Every socket operation is bounded (`timeout`);
 `close()` (or the context manager) stops the listener and every thread.
 
-Nothing here is SMTP-specific and nothing depends on fakebackend.py, so the
-access tests do not move when the SMTP fake changes.
+The server itself (FakeBackend, Connection) and the steps and socket
+helpers that do not depend on the protocol come from fakebackend.py and are
+re-exported here; FakeAccess differs only in recording on after a failed
+step.
 """
 import re
-import socket
-import ssl
-import threading
-import time
 
-DEFAULT_TIMEOUT = 30.0
-CLIENT_TIMEOUT = 10.0
-
-
-class ScriptError(Exception):
-    """The peer did something the script did not expect."""
+# The scripted server, its steps and the raw-socket client helpers are the
+# SMTP fake's; this module adds the access protocols' steps and helpers.
+from fakebackend import (CLIENT_TIMEOUT, DEFAULT_TIMEOUT, Connection, FakeBackend,  # noqa: F401
+                         ScriptError, _Close, client_context, client_hello, close, connect,
+                         hold, read_line, recv_until_closed, send, server_context, tls)
 
 
-class _Close(Exception):
-    pass
 
 
-class Connection:
-    """One accepted connection: what arrived, and how the script ended."""
 
-    def __init__(self, sock, peer):
-        self.sock = sock
-        self.peer = peer
-        self.cleartext = b""   # bytes received before TLS started (all, if never)
-        self.tls_data = b""    # bytes received inside TLS (decrypted)
-        self.in_tls = False    # the TLS handshake completed
-        self.tls_error = None  # why the TLS handshake failed, if it did
-        self.error = None      # why the script stopped early
-        self.tag = b"*"        # the tag (first word) of the last line read
-        self.closed = threading.Event()
-        self._buf = b""
-        self._tls_started = False
 
-    @property
-    def received(self):
-        """Everything received, cleartext then decrypted TLS data."""
-        return self.cleartext + self.tls_data
 
-    def lines(self, tls_part=None):
-        """Received lines (CRLF stripped); None = all, False = cleartext, True = TLS."""
-        data = {None: self.received, False: self.cleartext, True: self.tls_data}[tls_part]
-        return [line.rstrip(b"\r") for line in data.split(b"\n") if line]
-
-    def verbs(self, tls_part=None, tagged=False):
-        """The command word of every received line, upper-cased (after the tag
-        when `tagged`, i.e. for IMAP)."""
-        out = []
-        for line in self.lines(tls_part):
-            words = line.split(b" ")
-            if tagged:
-                words = words[1:]
-            out.append(words[0].upper() if words else b"")
-        return out
-
-    def wait_closed(self, timeout=DEFAULT_TIMEOUT):
-        if not self.closed.wait(timeout):
-            raise AssertionError("fake backend connection did not end")
-        return self
-
-    # -- used by the steps --------------------------------------------------------
-
-    def _record(self, data):
-        if self._tls_started:
-            self.tls_data += data
-        else:
-            self.cleartext += data
-
-    def recv_some(self):
-        """Reads once; b"" at EOF (a TLS EOF without close_notify counts)."""
-        try:
-            data = self.sock.recv(65536)
-        except (ssl.SSLEOFError, ssl.SSLZeroReturnError, ConnectionResetError):
-            data = b""
-        self._record(data)
-        return data
-
-    def read_line(self):
-        while b"\n" not in self._buf:
-            data = self.recv_some()
-            if not data:
-                raise ScriptError(f"EOF while waiting for a line (got {self._buf!r})")
-            self._buf += data
-        line, _, self._buf = self._buf.partition(b"\n")
-        self.tag = line.split(b" ", 1)[0].strip() or b"*"
-        return line + b"\n"
-
-    def start_tls(self, context):
-        if self._buf:
-            raise ScriptError(f"bytes before the TLS handshake: {self._buf!r}")
-        self._tls_started = True
-        try:
-            self.sock = context.wrap_socket(self.sock, server_side=True)
-        except (ssl.SSLError, OSError) as e:
-            self.tls_error = e
-            raise
-        self.in_tls = True
-
-    def drain(self):
-        while self.recv_some():
-            pass
 
 
 # -- script steps -------------------------------------------------------------------
 
-def send(data):
-    """Sends `data` in one write (so a test controls what arrives together)."""
-    def step(conn):
-        conn.sock.sendall(data)
-    step.__name__ = f"send({data!r})"
-    return step
 
 
 def send_tagged(template):
@@ -164,12 +73,6 @@ def recv_line(expect=None):
     return step
 
 
-def tls(context):
-    """TLS handshake as the server (implicit TLS, or after the go-ahead)."""
-    def step(conn):
-        conn.start_tls(context)
-    step.__name__ = "tls"
-    return step
 
 
 def wait_event(event, timeout=DEFAULT_TIMEOUT):
@@ -181,20 +84,8 @@ def wait_event(event, timeout=DEFAULT_TIMEOUT):
     return step
 
 
-def hold():
-    """Never answers; records everything until the peer closes."""
-    def step(conn):
-        conn.drain()
-    step.__name__ = "hold"
-    return step
 
 
-def close():
-    """Closes the connection now (the rest of the script is not played)."""
-    def step(conn):
-        raise _Close()
-    step.__name__ = "close"
-    return step
 
 
 def _lines_until_eof(conn):
@@ -274,137 +165,21 @@ def sieve_server(greeting=None):
 
 # -- the server -------------------------------------------------------------------
 
-class FakeAccess:
-    """Listens on 127.0.0.1:<ephemeral>; plays `script` on every connection."""
+class FakeAccess(FakeBackend):
+    """FakeBackend for IMAP, POP3 and ManageSieve scripts: after a step fails it
+    keeps recording until the peer closes, so a test sees everything sent."""
 
-    def __init__(self, script, timeout=DEFAULT_TIMEOUT):
-        self.script = list(script)
-        self.timeout = timeout
-        self.connections = []
-        self._lock = threading.Lock()
-        self._changed = threading.Condition(self._lock)
-        self._stopping = False
-        self._threads = []
-        self._listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self._listener.bind(("127.0.0.1", 0))
-        self._listener.listen(16)
-        self._listener.settimeout(0.2)  # lets the accept loop notice close()
-        self.host, self.port = self._listener.getsockname()
-        self._acceptor = threading.Thread(target=self._accept_loop, daemon=True,
-                                          name=f"fakeaccess-{self.port}")
-        self._acceptor.start()
-
-    @property
-    def address(self):
-        return f"{self.host}:{self.port}"
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
-    def _accept_loop(self):
-        while not self._stopping:
-            try:
-                sock, peer = self._listener.accept()
-            except socket.timeout:
-                continue
-            except OSError:
-                return
-            sock.settimeout(self.timeout)
-            conn = Connection(sock, peer)
-            t = threading.Thread(target=self._play, args=(conn,), daemon=True,
-                                 name=f"fakeaccess-{self.port}-{len(self.connections)}")
-            with self._changed:
-                self.connections.append(conn)
-                self._threads.append(t)
-                self._changed.notify_all()
-            t.start()
-
-    def _play(self, conn):
-        try:
-            for step in self.script:
-                step(conn)
-            conn.drain()
-        except _Close:
-            pass
-        except Exception as e:  # recorded for the test to inspect
-            if conn.error is None:
-                conn.error = e
-            try:
-                conn.drain()  # keep recording what else arrives
-            except Exception:
-                pass
-        finally:
-            try:
-                conn.sock.close()
-            except OSError:
-                pass
-            conn.closed.set()
-            with self._changed:
-                self._changed.notify_all()
-
-    def wait_connection(self, index=0, timeout=DEFAULT_TIMEOUT):
-        deadline = time.monotonic() + timeout
-        with self._changed:
-            while len(self.connections) <= index:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise AssertionError(f"fake backend {self.address}: no connection #{index} "
-                                         f"(got {len(self.connections)})")
-                self._changed.wait(left)
-            return self.connections[index]
-
-    @property
-    def count(self):
-        with self._lock:
-            return len(self.connections)
-
-    def close(self):
-        self._stopping = True
-        try:
-            self._listener.close()
-        except OSError:
-            pass
-        self._acceptor.join(timeout=5)
-        for conn in list(self.connections):
-            try:
-                conn.sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-        for t in list(self._threads):
-            t.join(timeout=5)
+    name = "fakeaccess"
+    drain_after_error = True
 
 
-def server_context(cert, key):
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ctx.load_cert_chain(str(cert), str(key))
-    return ctx
+
 
 
 # -- client side ----------------------------------------------------------------------
 
-def connect(port, host="127.0.0.1", timeout=CLIENT_TIMEOUT):
-    """A raw TCP connection with every operation bounded by `timeout`."""
-    sock = socket.create_connection((host, port), timeout=timeout)
-    sock.settimeout(timeout)
-    return sock
 
 
-def read_line(sock, limit=65536):
-    """One line (through LF), byte-exactly; what came before EOF if the peer closed."""
-    line = b""
-    while not line.endswith(b"\n") and len(line) < limit:
-        try:
-            c = sock.recv(1)
-        except (ssl.SSLEOFError, ssl.SSLZeroReturnError, ConnectionResetError):
-            c = b""
-        if not c:
-            return line
-        line += c
-    return line
 
 
 def read_until(sock, last):
@@ -440,40 +215,10 @@ def read_sieve(sock):
     return read_until(sock, lambda line: SIEVE_RESPONSE.match(line) is not None)
 
 
-def recv_until_closed(sock):
-    """Every byte until EOF or reset; a timeout is a failure (the peer should close)."""
-    data = b""
-    while True:
-        try:
-            chunk = sock.recv(65536)
-        except (ssl.SSLEOFError, ssl.SSLZeroReturnError, ConnectionResetError):
-            return data
-        except socket.timeout:
-            raise AssertionError(f"peer did not close the connection (got {data!r})")
-        if not chunk:
-            return data
-        data += chunk
 
 
-def client_hello(server_name):
-    """The bytes of a real TLS ClientHello for `server_name` (Python's ssl)."""
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_NONE
-    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
-    obj = ctx.wrap_bio(incoming, outgoing, server_hostname=server_name)
-    try:
-        obj.do_handshake()
-    except ssl.SSLWantReadError:
-        pass
-    return outgoing.read()
 
 
-def client_context(ca):
-    """A strict TLS client context trusting the test CA."""
-    ctx = ssl.create_default_context(cafile=str(ca.cert))
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    return ctx
 
 
 # -- what sallyport says in cleartext -------------------------------------------------

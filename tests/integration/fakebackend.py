@@ -55,6 +55,7 @@ class Connection:
         self.in_tls = False    # the TLS handshake completed
         self.tls_error = None  # why the TLS handshake failed, if it did
         self.error = None      # why the script stopped early (ScriptError, OSError, ...)
+        self.tag = b"*"        # the tag (first word) of the last line read (IMAP)
         self.closed = threading.Event()
         self._buf = b""        # received, not yet consumed by a step
         self._tls_started = False  # bytes now go to tls_data
@@ -70,6 +71,17 @@ class Connection:
         """Received lines (CRLF stripped); tls_part None = all, False = cleartext, True = TLS."""
         data = {None: self.received, False: self.cleartext, True: self.tls_data}[tls_part]
         return [line.rstrip(b"\r") for line in data.split(b"\n") if line]
+
+    def verbs(self, tls_part=None, tagged=False):
+        """The command word of every received line, upper-cased (after the tag
+        when `tagged`, i.e. for IMAP)."""
+        out = []
+        for line in self.lines(tls_part):
+            words = line.split(b" ")
+            if tagged:
+                words = words[1:]
+            out.append(words[0].upper() if words else b"")
+        return out
 
     def wait_closed(self, timeout=DEFAULT_TIMEOUT):
         """Waits until the script finished and the socket is closed."""
@@ -102,6 +114,7 @@ class Connection:
                 raise ScriptError(f"EOF while waiting for a line (got {self._buf!r})")
             self._buf += data
         line, _, self._buf = self._buf.partition(b"\n")
+        self.tag = line.split(b" ", 1)[0].strip() or b"*"
         return line + b"\n"
 
     def start_tls(self, context):
@@ -206,7 +219,14 @@ class _Close(Exception):
 # -- the server ---------------------------------------------------------------
 
 class FakeBackend:
-    """Listens on 127.0.0.1:<ephemeral>; plays `script` on every connection."""
+    """Listens on 127.0.0.1:<ephemeral>; plays `script` on every connection.
+
+    Subclasses may set `name` (for thread names) and `drain_after_error`
+    (after a step fails, keep recording what arrives until the peer closes,
+    instead of closing at once)."""
+
+    name = "fakebackend"
+    drain_after_error = False
 
     def __init__(self, script, timeout=DEFAULT_TIMEOUT):
         self.script = list(script)
@@ -223,7 +243,7 @@ class FakeBackend:
         self.host, self.port = self._listener.getsockname()
         self._threads = []
         self._acceptor = threading.Thread(target=self._accept_loop, daemon=True,
-                                          name=f"fakebackend-{self.port}")
+                                          name=f"{self.name}-{self.port}")
         self._acceptor.start()
 
     @property
@@ -248,7 +268,7 @@ class FakeBackend:
             sock.settimeout(self.timeout)
             conn = Connection(sock, peer)
             t = threading.Thread(target=self._play, args=(conn,), daemon=True,
-                                 name=f"fakebackend-{self.port}-{len(self.connections)}")
+                                 name=f"{self.name}-{self.port}-{len(self.connections)}")
             with self._changed:
                 self.connections.append(conn)
                 self._threads.append(t)
@@ -265,6 +285,11 @@ class FakeBackend:
         except Exception as e:  # recorded for the test to inspect
             if conn.error is None:
                 conn.error = e
+            if self.drain_after_error:
+                try:
+                    conn.drain()  # keep recording what else arrives
+                except Exception:
+                    pass
         finally:
             try:
                 conn.sock.close()
