@@ -319,6 +319,10 @@ bool value_prefixes(const char *text, struct client_prefix *out, size_t *n, size
             none = true;
             continue;
         }
+        if (count == CONFIG_MAX_PREFIXES || *n + count >= max) {
+            snprintf(err, errlen, "too many prefixes (at most %zu)", max);
+            return false;
+        }
         if (len >= sizeof word || client_prefix_parse(word, &parsed[count]) < 0) {
             snprintf(err, errlen,
                      "bad address prefix '%s' (expected an address or a prefix such as "
@@ -326,10 +330,7 @@ bool value_prefixes(const char *text, struct client_prefix *out, size_t *n, size
                      word);
             return false;
         }
-        if (*n + ++count > max) {
-            snprintf(err, errlen, "too many prefixes (at most %zu)", max);
-            return false;
-        }
+        count++;
     }
     if (none && count > 0) {
         snprintf(err, errlen, "'none' cannot be combined with prefixes");

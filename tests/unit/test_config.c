@@ -282,6 +282,24 @@ static void test_client_limit_errors(void **state)
                   "cfg:3: max_client_connections: bad limit 'lots' (expected a whole number, or 0 "
                   "for no limit)\n",
                   2);
+    /* 32 fit (over indented lines too); a 33rd is refused, and the check
+     * comes before the prefix is stored. */
+    for (int extra = 0; extra < 2; extra++) {
+        char text[4096] = "[global]\nclient_limit_exceptions =";
+        for (int i = 0; i < 32 + extra; i++)
+            snprintf(text + strlen(text), sizeof text - strlen(text), "%s10.0.%d.0/24",
+                     i % 8 == 7 ? "\n  " : " ", i);
+        strcat(text, "\n" BASE);
+        struct result r = load(text);
+        if (extra == 0) {
+            assert_string_equal(r.errors, "");
+            assert_int_equal(r.cfg->global.nlimit_exceptions, 32);
+        } else {
+            assert_string_equal(r.errors, "cfg:6: client_limit_exceptions: too many prefixes (at "
+                                          "most 32)\n");
+        }
+        done(&r);
+    }
     expect_errors("[global]\nclient_limit_exceptions = none ::1\n" BASE,
                   "cfg:2: client_limit_exceptions: 'none' cannot be combined with prefixes\n", 1);
 }
