@@ -24,6 +24,7 @@ struct client_table {
     int *buckets; /* heads of the chains, nbuckets a power of two */
     size_t nbuckets;
     int free_list;
+    size_t hand; /* where the eviction scan goes on from */
     unsigned max_per_client;
     unsigned rate;
     uint64_t seed;
@@ -32,6 +33,8 @@ struct client_table {
 };
 
 static const uint8_t v4_mapped_prefix[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
+/* 64:ff9b::/96 (RFC 6052): IPv4 clients through a NAT64/SIIT translator. */
+static const uint8_t nat64_prefix[12] = {0, 0x64, 0xff, 0x9b, 0, 0, 0, 0, 0, 0, 0, 0};
 
 /* The 16-byte form of an address; false for families other than IPv4/6. */
 static bool full_address(const struct sockaddr *peer, uint8_t out[16])
@@ -49,11 +52,13 @@ static bool full_address(const struct sockaddr *peer, uint8_t out[16])
     return false;
 }
 
-/* What is counted: an IPv4 address whole, an IPv6 address by its /64. */
+/* What is counted: an IPv4 address whole (also one translated into
+ * 64:ff9b::/96, where every IPv4 client would otherwise share one /64), an
+ * IPv6 address by its /64. */
 static void counted_key(const uint8_t addr[16], uint8_t key[16])
 {
     memcpy(key, addr, 16);
-    if (memcmp(addr, v4_mapped_prefix, 12) != 0)
+    if (memcmp(addr, v4_mapped_prefix, 12) != 0 && memcmp(addr, nat64_prefix, 12) != 0)
         memset(key + 8, 0, 8);
 }
 
@@ -138,9 +143,15 @@ static void unlink_entry(struct client_table *t, int index)
     t->entries[index].used = false;
 }
 
-/* A free entry, or the longest-unused one with no open connection; NO_ENTRY
- * when every entry has connections open. */
-static int take_entry(struct client_table *t)
+/* Entries the eviction scan looks at before it settles for the oldest idle
+ * one seen: a new address costs a bounded amount of work, not the table. */
+#define EVICTION_SAMPLE 64
+
+/* A free entry, or else an entry with no open connection: the first one
+ * whose bucket has refilled (forgetting it changes nothing), or the oldest
+ * of the idle ones among the next EVICTION_SAMPLE (a clock hand moves on
+ * through the table). NO_ENTRY when every entry has connections open. */
+static int take_entry(struct client_table *t, double now)
 {
     if (t->free_list != NO_ENTRY) {
         int i = t->free_list;
@@ -148,10 +159,20 @@ static int take_entry(struct client_table *t)
         return i;
     }
     int oldest = NO_ENTRY;
-    for (size_t i = 0; i < t->capacity; i++) {
+    for (size_t seen = 0; seen < t->capacity; seen++) {
+        size_t i = t->hand;
+        t->hand = (t->hand + 1) % t->capacity;
         const struct client_entry *e = &t->entries[i];
-        if (e->active == 0 && (oldest == NO_ENTRY || e->last < t->entries[oldest].last))
+        if (e->active != 0)
+            continue;
+        if (!t->rate || e->tokens + (now - e->last) * t->rate >= t->rate) {
             oldest = (int)i;
+            break;
+        }
+        if (oldest == NO_ENTRY || e->last < t->entries[oldest].last)
+            oldest = (int)i;
+        if (seen >= EVICTION_SAMPLE)
+            break;
     }
     if (oldest != NO_ENTRY)
         unlink_entry(t, oldest);
@@ -171,7 +192,7 @@ enum client_verdict client_table_admit(struct client_table *t, const struct sock
     counted_key(addr, key);
     int i = find(t, key);
     if (i == NO_ENTRY) {
-        i = take_entry(t);
+        i = take_entry(t, now);
         if (i == NO_ENTRY)
             return CLIENT_ADMITTED; /* more addresses than capacity: cannot count */
         struct client_entry *e = &t->entries[i];

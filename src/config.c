@@ -14,13 +14,15 @@
 
 #include "config.h"
 #include "config_read.h"
+#include "config_value.h"
 #include "tls.h"
 
-/* gethostname(), or "localhost"; malloc'd, NULL when out of memory. */
+/* gethostname(), or "localhost" when it fails or is not a plain host name
+ * (it goes into greetings and EHLO); malloc'd, NULL when out of memory. */
 static char *machine_hostname(void)
 {
     char name[256] = "";
-    if (gethostname(name, sizeof name - 1) != 0 || name[0] == '\0')
+    if (gethostname(name, sizeof name - 1) != 0 || !greeting_name_ok(name))
         snprintf(name, sizeof name, "localhost");
     return strdup(name);
 }

@@ -46,6 +46,7 @@ struct cfg_global {
     struct client_prefix limit_exceptions[CONFIG_MAX_PREFIXES];
     size_t nlimit_exceptions;
     bool limit_exceptions_set;
+    bool limit_exceptions_none; /* "none" was written */
 };
 
 struct cfg_certificate {

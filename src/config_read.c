@@ -106,7 +106,7 @@ static bool key_prefixes(void *field, const char *text, const struct key_use *us
         global->limit_exceptions_set = true;
     }
     return value_prefixes(text, global->limit_exceptions, &global->nlimit_exceptions,
-                          CONFIG_MAX_PREFIXES, err, errlen);
+                          CONFIG_MAX_PREFIXES, &global->limit_exceptions_none, err, errlen);
 }
 
 static bool key_sni(void *field, const char *text, const struct key_use *use, char *err,

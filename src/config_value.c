@@ -94,7 +94,7 @@ bool value_count(const char *text, unsigned *out, char *err, size_t errlen)
 
 bool value_limit(const char *text, unsigned *out, char *err, size_t errlen)
 {
-    if (strcmp(text, "0") == 0) {
+    if (text[0] == '0' && strspn(text, "0") == strlen(text)) {
         *out = 0;
         return true;
     }
@@ -183,14 +183,19 @@ bool value_string(const char *text, char **out, char *err, size_t errlen)
     return true;
 }
 
-bool value_hostname(const char *text, char **out, char *err, size_t errlen)
+bool greeting_name_ok(const char *text)
 {
     size_t len = strlen(text);
     bool ok = len > 0 && len <= 253;
     for (const char *p = text; ok && *p; p++)
         ok = (*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || (*p >= '0' && *p <= '9') ||
              *p == '-' || *p == '.' || *p == '_';
-    if (!ok) {
+    return ok;
+}
+
+bool value_hostname(const char *text, char **out, char *err, size_t errlen)
+{
+    if (!greeting_name_ok(text)) {
         char shown[201];
         size_t n = 0;
         for (; n + 1 < sizeof shown && text[n]; n++)
@@ -304,8 +309,8 @@ static bool sni_name_ok(const char *name, size_t len)
 
 #define SNI_SEPARATORS " \t"
 
-bool value_prefixes(const char *text, struct client_prefix *out, size_t *n, size_t max, char *err,
-                    size_t errlen)
+bool value_prefixes(const char *text, struct client_prefix *out, size_t *n, size_t max,
+                    bool *none_seen, char *err, size_t errlen)
 {
     struct client_prefix parsed[CONFIG_MAX_PREFIXES];
     size_t count = 0;
@@ -332,10 +337,11 @@ bool value_prefixes(const char *text, struct client_prefix *out, size_t *n, size
         }
         count++;
     }
-    if (none && count > 0) {
+    if ((none && (count > 0 || *n > 0)) || (*none_seen && count > 0)) {
         snprintf(err, errlen, "'none' cannot be combined with prefixes");
         return false;
     }
+    *none_seen = *none_seen || none;
     if (!none && count == 0) {
         snprintf(err, errlen, "no prefixes (list addresses or prefixes, or write none)");
         return false;

@@ -22,10 +22,10 @@ bool value_size(const char *text, size_t *out, char *err, size_t errlen);
 /* A positive whole number. */
 bool value_count(const char *text, unsigned *out, char *err, size_t errlen);
 
-/* yes/no, true/false, on/off, 1/0, in any case. */
-/* A count where 0 means "no limit". */
+/* A whole number, where 0 means "no limit". */
 bool value_limit(const char *text, unsigned *out, char *err, size_t errlen);
 
+/* yes/no, true/false, on/off, 1/0, in any case. */
 bool value_bool(const char *text, bool *out, char *err, size_t errlen);
 
 /* terminate | passthrough */
@@ -43,11 +43,14 @@ bool value_log_level(const char *text, enum log_level *out, char *err, size_t er
 /* Any non-empty text. *out becomes a malloc'd copy the caller frees. */
 bool value_string(const char *text, char **out, char *err, size_t errlen);
 
-/* A path this process can read now; *out as for value_string(). */
 /* A host name sallyport calls itself in greetings and EHLO: letters,
  * digits, '-', '_' and '.', so that it can never split a protocol line. */
 bool value_hostname(const char *text, char **out, char *err, size_t errlen);
 
+/* True if `text` is a host name value_hostname() accepts. */
+bool greeting_name_ok(const char *text);
+
+/* A path this process can read now; *out as for value_string(). */
 bool value_readable(const char *text, char **out, char *err, size_t errlen);
 
 /* "HOST[:PORT] [plain|implicit|starttls]" for one service of a backend: the
@@ -62,16 +65,17 @@ bool value_endpoint(const char *text, enum service service, struct endpoint *out
  * with IPv6 addresses bracketed. */
 bool value_host(const char *text, char *out, size_t outlen, char *err, size_t errlen);
 
+/* A list of address prefixes ("192.0.2.0/24 2001:db8::/32 ::1") appended to
+ * out[*n], at most `max` in all, or "none" alone (appends nothing; *none is
+ * set). "none" after prefixes, or prefixes after "none" (*none already set,
+ * from an earlier line), is an error. A bad entry appends nothing. */
+bool value_prefixes(const char *text, struct client_prefix *out, size_t *n, size_t max, bool *none,
+                    char *err, size_t errlen);
+
 /* Appends the space-separated SNI names of `text` to names[*n] (at most `max`
  * in all), lower-cased and malloc'd for the caller to free. A name is a host
  * name, "*.suffix" (one label of wildcard) or "*" alone (the default route).
  * Either every name of `text` is appended or none is. */
-/* A list of address prefixes ("192.0.2.0/24 2001:db8::/32 ::1") appended to
- * out[*n], at most `max` in all, or "none" alone (appends nothing). A bad
- * entry appends nothing. */
-bool value_prefixes(const char *text, struct client_prefix *out, size_t *n, size_t max, char *err,
-                    size_t errlen);
-
 bool value_sni(const char *text, char **names, size_t *n, size_t max, char *err, size_t errlen);
 
 #endif

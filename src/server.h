@@ -22,8 +22,11 @@ struct server {
     size_t nlisteners;
     struct mailbox **mailboxes;
     size_t nmailboxes;
-    struct client_table *clients; /* per-address counts and rates (the client limits) */
-    struct session *sessions;     /* live sessions, a doubly linked list */
+    struct client_table *clients;    /* per-address counts and rates (the client limits) */
+    long long refusal_second;        /* the second refusals_logged counts in */
+    unsigned refusals_logged;        /* refusal log lines written in that second */
+    unsigned long refusals_unlogged; /* refusals beyond that, reported in one line */
+    struct session *sessions;        /* live sessions, a doubly linked list */
     unsigned nsessions;
 };
 

@@ -42,6 +42,8 @@
  * reads it (the "lingering close" of nginx and Apache). */
 #define LINGER_TIMEOUT   2.0
 #define LINGER_BYTES_MAX (64 * 1024)
+/* Log lines for clients turned away by the client limits, per second. */
+#define REFUSALS_LOGGED_PER_SECOND 20
 
 enum session_state {
     SESSION_CLEARTEXT,         /* starttls listener: cleartext commands until STARTTLS */
@@ -337,6 +339,7 @@ static void run_dialogue(struct session *s)
         }
         size_t len = buf_line_length(&s->up);
         size_t replies_before = s->down.len;
+        const char *close_why = "client quit in cleartext";
         enum dialogue_action action;
         if (len == 0 && s->up.len <= DIALOGUE_LINE_MAX)
             return; /* wait for the rest of the line */
@@ -344,6 +347,7 @@ static void run_dialogue(struct session *s)
             s->discarding_line = len == 0;
             buf_consume(&s->up, len ? len : s->up.len);
             action = s->dialogue->on_long_line(&s->ds, &s->down);
+            close_why = "line too long in cleartext";
         } else {
             char line[DIALOGUE_LINE_MAX + 1];
             size_t n = len - 1;
@@ -358,7 +362,7 @@ static void run_dialogue(struct session *s)
         case DIALOGUE_CONTINUE:
             break;
         case DIALOGUE_CLOSE:
-            snprintf(s->close_reason, sizeof s->close_reason, "client quit in cleartext");
+            snprintf(s->close_reason, sizeof s->close_reason, "%s", close_why);
             if (s->ds.errors >= s->ds.max_errors)
                 snprintf(s->close_reason, sizeof s->close_reason, "too many errors");
             session_enter(s, SESSION_DRAINING);
@@ -934,6 +938,24 @@ static void refuse_client(struct listener *listener, int fd, const struct sockad
         (void)send(fd, reply.data, reply.len, MSG_DONTWAIT | MSG_NOSIGNAL);
     }
     close(fd);
+    /* Refusals are cheap, their log lines are not: at most
+     * REFUSALS_LOGGED_PER_SECOND a second, then one line with the count. */
+    struct server *server = listener->server;
+    long long second = (long long)ev_now(server->loop);
+    if (second != server->refusal_second) {
+        if (server->refusals_unlogged)
+            log_warn("refused %lu more connections over the client limits (not logged one by "
+                     "one)",
+                     server->refusals_unlogged);
+        server->refusal_second = second;
+        server->refusals_logged = 0;
+        server->refusals_unlogged = 0;
+    }
+    if (server->refusals_logged >= REFUSALS_LOGGED_PER_SECOND) {
+        server->refusals_unlogged++;
+        return;
+    }
+    server->refusals_logged++;
     char addr[64];
     sock_addr_format(peer, addr, sizeof addr);
     log_warn("session listener=%s client=%s sni=- route=- backend=- backend_addr=- mode=%s tls=- "

@@ -303,3 +303,23 @@ def test_idle_relay_hits_the_idle_timeout(sallyport, ca, tmp_path):
     line = wait_for(lambda: [l for l in sp.log().splitlines() if 'close="idle timeout"' in l],
                     TIMEOUT, what="the idle timeout's log line")[0]
     assert "route=r backend=box" in line, line
+
+
+def test_refusal_log_lines_are_capped(sallyport, ca):
+    """A client hammering past its limit cannot turn each cheap refusal into a
+    log line: at most 20 a second are logged one by one, the rest as a count."""
+    import time
+    port = free_port()
+    sp = sallyport(config(ca, port, "submission", max_client_connections=0,
+                          client_connection_rate=1, client_limit_exceptions="none"))
+    attempts = 0
+    summary = "more connections over the client limits (not logged one by one)"
+    while summary not in sp.log() and attempts < 500:
+        with connect(port) as s:
+            first_bytes(s)
+        attempts += 1
+        if attempts > 50:
+            time.sleep(0.01)  # let the clock pass a second boundary
+    assert summary in sp.log(), f"{attempts} attempts"
+    logged = len(log_refusals(sp, "client_connection_rate"))
+    assert logged < attempts - 5, (logged, attempts)

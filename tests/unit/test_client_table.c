@@ -105,6 +105,19 @@ static void test_ipv4_mapped_is_ipv4(void **state)
     client_table_free(t);
 }
 
+/* Behind a NAT64/SIIT translator every IPv4 client is 64:ff9b::a.b.c.d:
+ * counted by its /64 they would all share one budget. */
+static void test_nat64_counted_whole(void **state)
+{
+    (void)state;
+    struct client_table *t = client_table_new(64, 1, 0, NULL, 0);
+    int slot;
+    assert_int_equal(admit(t, "64:ff9b::192.0.2.1", 0, &slot), CLIENT_ADMITTED);
+    assert_int_equal(admit(t, "64:ff9b::192.0.2.2", 0, &slot), CLIENT_ADMITTED);
+    assert_int_equal(admit(t, "64:ff9b::192.0.2.1", 0, &slot), CLIENT_TOO_MANY);
+    client_table_free(t);
+}
+
 static void test_exceptions(void **state)
 {
     (void)state;
@@ -215,10 +228,15 @@ static void test_prefix_parse(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_count_limit),        cmocka_unit_test(test_rate_limit),
-        cmocka_unit_test(test_ipv6_counted_by_64), cmocka_unit_test(test_ipv4_mapped_is_ipv4),
-        cmocka_unit_test(test_exceptions),         cmocka_unit_test(test_no_limits_track_nothing),
-        cmocka_unit_test(test_capacity),           cmocka_unit_test(test_churn),
+        cmocka_unit_test(test_count_limit),
+        cmocka_unit_test(test_rate_limit),
+        cmocka_unit_test(test_ipv6_counted_by_64),
+        cmocka_unit_test(test_ipv4_mapped_is_ipv4),
+        cmocka_unit_test(test_nat64_counted_whole),
+        cmocka_unit_test(test_exceptions),
+        cmocka_unit_test(test_no_limits_track_nothing),
+        cmocka_unit_test(test_capacity),
+        cmocka_unit_test(test_churn),
         cmocka_unit_test(test_prefix_parse),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -300,6 +300,10 @@ static void test_client_limit_errors(void **state)
         }
         done(&r);
     }
+    expect_errors("[global]\nclient_limit_exceptions = 10.0.0.0/8\n  none\n" BASE,
+                  "cfg:3: client_limit_exceptions: 'none' cannot be combined with prefixes\n", 1);
+    expect_errors("[global]\nclient_limit_exceptions = none\n  10.0.0.0/8\n" BASE,
+                  "cfg:3: client_limit_exceptions: 'none' cannot be combined with prefixes\n", 1);
     expect_errors("[global]\nclient_limit_exceptions = none ::1\n" BASE,
                   "cfg:2: client_limit_exceptions: 'none' cannot be combined with prefixes\n", 1);
 }
