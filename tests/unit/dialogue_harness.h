@@ -1,5 +1,5 @@
 /* dialogue_harness — the fixture and byte-exact helpers shared by the unit
- * tests of the IMAP, POP3 and ManageSieve dialogue tables. A test file
+ * tests of the dialogue tables (SMTP, IMAP, POP3, ManageSieve). A test file
  * defines HARNESS_PROTO, HOST (the listener hostname) and includes this.
  * Not a module: everything is static inline, for cmocka test files only. */
 #ifndef SALLYPORT_TEST_DIALOGUE_HARNESS_H

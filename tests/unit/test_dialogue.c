@@ -21,52 +21,12 @@
 
 /* ---- fixture ---- */
 
-struct fx {
-    struct dialogue_server ds;
-    struct dialogue_backend db;
-    struct buf out;
-};
+#define HARNESS_PROTO PROTO_SMTP
+#include "dialogue_harness.h"
 
 static const struct dialogue *smtp(void)
 {
-    const struct dialogue *d = dialogue_for(PROTO_SMTP);
-    assert_non_null(d);
-    return d;
-}
-
-static int fx_setup(void **state)
-{
-    struct fx *f = test_calloc(1, sizeof *f);
-    assert_non_null(f);
-    /* A generous error budget; tests of the limit re-initialise. */
-    dialogue_server_init(&f->ds, HOST, 100);
-    *state = f;
-    return 0;
-}
-
-static int fx_teardown(void **state)
-{
-    test_free(*state);
-    return 0;
-}
-
-/* Asserts that `out` holds exactly `expected` (a C string). */
-static void assert_out(const struct buf *out, const char *expected)
-{
-    char got[BUF_CAPACITY + 1];
-    assert_true(out->len <= BUF_CAPACITY);
-    memcpy(got, out->data, out->len);
-    got[out->len] = '\0';
-    assert_string_equal(got, expected);
-    assert_int_equal(out->len, strlen(expected));
-}
-
-static bool out_contains(const struct buf *out, const char *needle)
-{
-    char got[BUF_CAPACITY + 1];
-    memcpy(got, out->data, out->len);
-    got[out->len] = '\0';
-    return strstr(got, needle) != NULL;
+    return harness_dialogue();
 }
 
 /* ---- server side helpers ---- */
