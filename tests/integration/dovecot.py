@@ -79,7 +79,7 @@ process runs as), base_dir (run/), state_dir (state/), mail/, sieve/,
 dovecot.log (log_path, info_log_path and debug_log_path) and master.out
 (whatever the master prints before its log is up). start() picks ports with
 conftest.free_port(), writes the config and runs `dovecot -F -c CONFIG`
-under a small Python "reaper" parent (see _REAPER: a child subreaper with
+under a small Python "reaper" parent (see daemons.REAPER: a child subreaper with
 PR_SET_PDEATHSIG, so Dovecot stops even when the test process is SIGKILLed),
 then polls until every port greets with this instance's token. If the master
 exits (a port taken meanwhile: Dovecot does not share ports, bind() fails) or
@@ -142,13 +142,9 @@ import os
 import pwd
 import grp
 import secrets
-import shutil
-import signal
 import socket
 import ssl
-import stat
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -156,6 +152,9 @@ from pathlib import Path
 import pytest
 
 from conftest import free_port
+# _group_members: for the fixture tests.
+from daemons import (close_at_exit, close_every, group_members as _group_members,  # noqa: F401
+                     keep_for_inspection, reaper_argv, searchable_temp_root, stop_supervised)
 
 DOVECOT = "/usr/sbin/dovecot"
 DOVECONF = "/usr/bin/doveconf"
@@ -182,67 +181,6 @@ PLAIN_PORTS = ("imap_plain_port", "pop3_plain_port", "sieve_plain_port")
 
 _open = set()   # instances not closed yet: closed at exit if their fixture never tore down
 
-# The parent of the Dovecot master: a child subreaper (the master's children
-# may outlive it briefly; they are reaped here instead of lingering under
-# init), and the link to our life time: it gets SIGTERM when the test process
-# dies (PR_SET_PDEATHSIG) and then stops the master. The master runs in a
-# session (and process group) of its own, so all of Dovecot is one group.
-# It exits when all of Dovecot is gone. argv: PARENT_PID PROGRAM ARGS...
-_REAPER = r"""
-import ctypes, os, signal, sys, time
-libc = ctypes.CDLL(None, use_errno=True)
-libc.prctl(36, 1, 0, 0, 0)                      # PR_SET_CHILD_SUBREAPER
-libc.prctl(1, signal.SIGTERM, 0, 0, 0)          # PR_SET_PDEATHSIG
-master = 0
-stopping = False
-def terminate(sig, frame):
-    global stopping
-    stopping = True
-    if master:
-        # The master alone takes ~1 s to stop its services; signalling the
-        # whole group (it cannot respawn anything while shutting down) takes ms.
-        for kill, target in ((os.kill, master), (os.killpg, master)):
-            try:
-                kill(target, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-    signal.signal(sig, terminate)
-if os.getppid() != int(sys.argv[1]):
-    sys.exit(70)                                # the test process is already gone
-master = os.fork()
-if master == 0:
-    try:
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGPIPE):
-            signal.signal(sig, signal.SIG_DFL)
-        os.setsid()
-        os.execv(sys.argv[2], sys.argv[2:])
-    finally:
-        os._exit(127)
-if stopping:
-    terminate(None, None)
-status, kill_at = 0, None
-while True:
-    try:
-        pid, st = os.waitpid(-1, os.WNOHANG if kill_at else 0)
-    except ChildProcessError:
-        break
-    if pid == master:
-        status = os.waitstatus_to_exitcode(st)
-        kill_at = time.monotonic() + 2.0        # leftovers get 2 s, then SIGKILL
-        try:
-            os.killpg(master, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-    elif pid == 0:
-        if time.monotonic() > kill_at:
-            try:
-                os.killpg(master, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        time.sleep(0.005)
-sys.exit(status if status > 0 else 0 if stopping else 1)
-"""
 
 
 class DovecotError(AssertionError):
@@ -256,28 +194,7 @@ class _PortTaken(DovecotError):
 # -- small helpers ----------------------------------------------------------------
 
 def _searchable_temp_root() -> Path:
-    """A temp directory that unprivileged users can traverse: $TMPDIR if every
-    ancestor has o+x, else /tmp."""
-    for candidate in (Path(tempfile.gettempdir()).resolve(), Path("/tmp")):
-        if all(p.stat().st_mode & stat.S_IXOTH for p in [candidate, *candidate.parents]):
-            return candidate
-    raise DovecotError("no temp directory that others may traverse (need /tmp with o+x)")
-
-
-def _group_members(pgid):
-    """PIDs of the live (non-zombie) processes in process group pgid (Linux /proc)."""
-    pids = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as f:
-                fields = f.read().rsplit(b")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        if fields[0] != b"Z" and int(fields[2]) == pgid:
-            pids.append(int(entry))
-    return pids
+    return searchable_temp_root(DovecotError)
 
 
 def _write_file(path: Path, data, uid=0, gid=0, mode=0o644):
@@ -619,8 +536,8 @@ service anvil {{
         (self.base_dir / "master.pid").unlink(missing_ok=True)
         with open(self.master_out_path, "ab") as out:
             self.proc = subprocess.Popen(
-                [sys.executable, "-c", _REAPER, str(os.getpid()),
-                 DOVECOT, "-F", "-c", str(self.config_path)],
+                reaper_argv(True, [
+                 DOVECOT, "-F", "-c", str(self.config_path)]),
                 cwd=str(self.dir), env=self._env(), stdin=subprocess.DEVNULL,
                 stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
         self.master_pid = None
@@ -658,30 +575,15 @@ service anvil {{
         proc, self.proc = self.proc, None
         if proc is None:
             return
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)      # the reaper passes it on to the master
-            try:
-                proc.wait(timeout=STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=STOP_TIMEOUT)
-        pgid = self.master_pid
-        if pgid is None:
-            try:
-                pgid = int((self.base_dir / "master.pid").read_text().split()[0])
-            except (OSError, ValueError, IndexError):
-                pgid = None
-        if pgid:
-            deadline = time.monotonic() + STOP_TIMEOUT
-            while left := _group_members(pgid):
-                if time.monotonic() > deadline:
-                    raise DovecotError(f"dovecot processes {left} survived SIGKILL")
-                for pid in left:
-                    try:
-                        os.kill(pid, signal.SIGKILL)
-                    except ProcessLookupError:
-                        pass
-                time.sleep(0.01)
+        stop_supervised(proc, self._master_pgid, STOP_TIMEOUT, DovecotError, "dovecot")
+
+    def _master_pgid(self):
+        if self.master_pid is not None:
+            return self.master_pid
+        try:
+            return int((self.base_dir / "master.pid").read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            return None
 
     def close(self):
         """stop(), then move the instance from /tmp to `path` (replacing the
@@ -692,17 +594,7 @@ service anvil {{
         if self not in _open:
             return
         _open.discard(self)
-        if self.path.is_symlink():
-            self.path.unlink()
-        try:
-            os.rename(self.dir, self.path)
-        except OSError:     # another file system: copy what can be copied
-            shutil.copytree(self.dir, self.path, symlinks=True,
-                            ignore=lambda d, names: [n for n in names if not (
-                                os.path.isdir(os.path.join(d, n))
-                                or os.path.isfile(os.path.join(d, n)))])
-            shutil.rmtree(self.dir)
-        self.dir = self.path
+        self.dir = keep_for_inspection(self.dir, self.path)
 
     def __enter__(self):
         return self
@@ -827,13 +719,7 @@ service anvil {{
         return Path(os.readlink(link)).name.removesuffix(".sieve")
 
 
-@atexit.register
-def _close_all():
-    for dv in list(_open):
-        try:
-            dv.close()
-        except Exception:
-            pass
+atexit.register(close_at_exit, _open)
 
 
 # -- fixtures -------------------------------------------------------------------------
@@ -858,14 +744,7 @@ def _make_factory(ca, directory_for):
         return dv
 
     def close_all():
-        errors = []
-        for dv in started:
-            try:
-                dv.close()
-            except DovecotError as e:
-                errors.append(e)
-        if errors:
-            raise errors[0]
+        close_every(started, DovecotError)
 
     return factory, close_all
 

@@ -58,7 +58,7 @@ post-install would create, so `postfix check` is clean), lib/ (data_directory,
 owned by `postfix`), mail/ (Maildirs, written by `nobody`), maillog and
 master.out. start() picks three ports with conftest.free_port(), writes the
 config and runs `$daemon_directory/master -d -c etc/` (foreground, no
-detaching) under a small Python "reaper" parent (see _REAPER), then polls
+detaching) under a small Python "reaper" parent (see daemons.REAPER), then polls
 until every port greets with this instance's 220 banner, ~0.1 s. If master
 exits although `postfix check` finds nothing wrong, or another listener
 answers, a port was taken meanwhile, and it retries with new ports. The reaper
@@ -116,13 +116,9 @@ import pty
 import pwd
 import secrets
 import select
-import shutil
-import signal
 import socket
 import ssl
-import stat
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -130,6 +126,9 @@ from pathlib import Path
 import pytest
 
 from conftest import free_port
+# _group_members: for the fixture tests.
+from daemons import (close_at_exit, close_every, group_members as _group_members,  # noqa: F401
+                     keep_for_inspection, reaper_argv, searchable_temp_root, stop_supervised)
 
 SBIN_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
 POSTCONF = "/usr/sbin/postconf"
@@ -158,64 +157,6 @@ _QUEUE_DIRS = {
 
 _open = set()   # instances not closed yet: closed at exit if their fixture never tore down
 
-# The parent of master(8): a child subreaper (so that master's children, which
-# outlive master by a few ms, are reaped here instead of lingering as zombies
-# under init), and the link to our life time: it gets SIGTERM when the test
-# process dies (PR_SET_PDEATHSIG; master itself cannot keep that setting, it
-# changes its euid), and then stops master. It exits when all of Postfix is gone.
-# argv: PARENT_PID MASTER_PATH ARGS...
-_REAPER = r"""
-import ctypes, os, signal, sys, time
-libc = ctypes.CDLL(None, use_errno=True)
-libc.prctl(36, 1, 0, 0, 0)                      # PR_SET_CHILD_SUBREAPER
-libc.prctl(1, signal.SIGTERM, 0, 0, 0)          # PR_SET_PDEATHSIG
-master = 0
-stopping = False
-def terminate(sig, frame):
-    global stopping
-    stopping = True
-    if master:
-        try:
-            os.kill(master, signal.SIGTERM)     # master then signals its group
-        except ProcessLookupError:
-            pass
-for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-    signal.signal(sig, terminate)
-if os.getppid() != int(sys.argv[1]):
-    sys.exit(70)                                # the test process is already gone
-master = os.fork()
-if master == 0:
-    try:
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGPIPE):
-            signal.signal(sig, signal.SIG_DFL)
-        os.setsid()                             # master kills -getpid() on SIGTERM
-        os.execv(sys.argv[2], sys.argv[2:])
-    finally:
-        os._exit(127)
-if stopping:
-    terminate(None, None)
-status, kill_at = 0, None
-while True:
-    try:
-        pid, st = os.waitpid(-1, os.WNOHANG if kill_at else 0)
-    except ChildProcessError:
-        break
-    if pid == master:
-        status = os.waitstatus_to_exitcode(st)
-        kill_at = time.monotonic() + 2.0        # leftovers get 2 s, then SIGKILL
-        try:
-            os.killpg(master, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-    elif pid == 0:
-        if time.monotonic() > kill_at:
-            try:
-                os.killpg(master, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        time.sleep(0.005)
-sys.exit(status if status > 0 else 0 if stopping else 1)
-"""
 
 
 class PostfixError(AssertionError):
@@ -297,12 +238,7 @@ def _write_config_file(path: Path, text: str, mode=0o644):
 
 
 def _searchable_temp_root() -> Path:
-    """A temp directory that unprivileged users can traverse (virtual(8) delivers
-    as one): $TMPDIR if every ancestor has o+x, else /tmp."""
-    for candidate in (Path(tempfile.gettempdir()).resolve(), Path("/tmp")):
-        if all(p.stat().st_mode & stat.S_IXOTH for p in [candidate, *candidate.parents]):
-            return candidate
-    raise PostfixError("no temp directory that others may traverse (need /tmp with o+x)")
+    return searchable_temp_root(PostfixError)
 
 
 def _read_banner(host, port, tls_context=None, timeout=2.0):
@@ -323,23 +259,6 @@ def _read_banner(host, port, tls_context=None, timeout=2.0):
             return data.split(b"\n", 1)[0].decode("latin-1").rstrip("\r") if data else None
     except (OSError, ssl.SSLError):
         return None
-
-
-def _group_members(pgid):
-    """PIDs of the live (non-zombie) processes in process group pgid (Linux /proc)."""
-    pids = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as f:
-                fields = f.read().rsplit(b")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        # fields: state ppid pgrp ...
-        if fields[0] != b"Z" and int(fields[2]) == pgid:
-            pids.append(int(entry))
-    return pids
 
 
 def _read_pid(path: Path):
@@ -601,8 +520,8 @@ postlog   unix-dgram n - n - 1 postlogd
             # master -d: stay in the foreground, do not detach. It logs to
             # maillog_file; master.out only catches what the binaries print.
             self.proc = subprocess.Popen(
-                [sys.executable, "-c", _REAPER, str(os.getpid()),
-                 master, "-d", "-c", str(self.config_dir)],
+                reaper_argv(False, [
+                 master, "-d", "-c", str(self.config_dir)]),
                 cwd=str(self.queue_dir), env=self._env(), stdin=subprocess.DEVNULL,
                 stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
         self.master_pid = None
@@ -639,26 +558,9 @@ postlog   unix-dgram n - n - 1 postlogd
         proc, self.proc = self.proc, None
         if proc is None:
             return
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)      # the reaper passes it on to master
-            try:
-                proc.wait(timeout=STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=STOP_TIMEOUT)
         # Normally the reaper exits only when all of Postfix is gone; make sure.
-        pgid = self.master_pid or _read_pid(self.queue_dir / "pid" / "master.pid")
-        if pgid:
-            deadline = time.monotonic() + STOP_TIMEOUT
-            while left := _group_members(pgid):
-                if time.monotonic() > deadline:
-                    raise PostfixError(f"postfix processes {left} survived SIGKILL")
-                for pid in left:
-                    try:
-                        os.kill(pid, signal.SIGKILL)
-                    except ProcessLookupError:
-                        pass
-                time.sleep(0.01)
+        stop_supervised(proc, lambda: self.master_pid or _read_pid(
+            self.queue_dir / "pid" / "master.pid"), STOP_TIMEOUT, PostfixError, "postfix")
 
     def reconfigure(self, **main_cf):
         """Changes main.cf parameters of a stopped or running instance (restarts it)."""
@@ -682,17 +584,7 @@ postlog   unix-dgram n - n - 1 postlogd
         if self not in _open:
             return
         _open.discard(self)
-        if self.path.is_symlink():
-            self.path.unlink()
-        try:
-            os.rename(self.dir, self.path)
-        except OSError:     # another file system: copy what can be copied
-            shutil.copytree(self.dir, self.path, symlinks=True,
-                            ignore=lambda d, names: [n for n in names if not (
-                                os.path.isdir(os.path.join(d, n))
-                                or os.path.isfile(os.path.join(d, n)))])
-            shutil.rmtree(self.dir)
-        self.dir = self.path
+        self.dir = keep_for_inspection(self.dir, self.path)
 
     def __exit__(self, *exc):
         self.close()
@@ -807,13 +699,7 @@ postlog   unix-dgram n - n - 1 postlogd
             time.sleep(0.05)
 
 
-@atexit.register
-def _close_all():
-    for pf in list(_open):
-        try:
-            pf.close()
-        except Exception:
-            pass
+atexit.register(close_at_exit, _open)
 
 
 # -- fixtures -------------------------------------------------------------------------
@@ -834,14 +720,7 @@ def _make_factory(ca, directory_for):
         return pf
 
     def close_all():
-        errors = []
-        for pf in started:
-            try:
-                pf.close()
-            except PostfixError as e:
-                errors.append(e)
-        if errors:
-            raise errors[0]
+        close_every(started, PostfixError)
 
     return factory, close_all
 
