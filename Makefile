@@ -42,6 +42,7 @@ TEST_MODULES_test_dialogue_pop3  := dialogue/smtp dialogue/imap dialogue/pop3 di
 TEST_MODULES_test_dialogue_sieve := dialogue/smtp dialogue/imap dialogue/pop3 dialogue/sieve dialogue/dialogue log
 TEST_MODULES_test_route       := route tls log
 TEST_MODULES_test_client_table := client_table
+TEST_MODULES_test_pools        := buf_pool pipe_pool
 UNIT_SRCS := $(wildcard tests/unit/test_*.c)
 UNIT_BINS := $(UNIT_SRCS:tests/unit/%.c=$(BUILD)/tests/%)
 .SECONDEXPANSION:

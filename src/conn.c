@@ -7,11 +7,13 @@
 
 #include "conn.h"
 
+/* The reason of this thread's last CONN_ERROR (see conn_error()). */
+static _Thread_local char last_error[160];
+
 void conn_init(struct conn *c, int fd)
 {
     c->fd = fd;
     c->ssl = NULL;
-    c->error[0] = '\0';
 }
 
 void conn_start_tls(struct conn *c, SSL *ssl)
@@ -20,21 +22,21 @@ void conn_start_tls(struct conn *c, SSL *ssl)
     SSL_set_fd(ssl, c->fd);
 }
 
-/* Records the OpenSSL error queue (or errno) as the conn's error text. */
-static void record_ssl_error(struct conn *c, int ssl_err)
+/* Records the OpenSSL error queue (or errno) as the last error text. */
+static void record_ssl_error(int ssl_err)
 {
     unsigned long e = ERR_peek_last_error();
     if (e != 0) {
         char text[120];
         ERR_error_string_n(e, text, sizeof text);
         const char *reason = ERR_reason_error_string(e);
-        snprintf(c->error, sizeof c->error, "%s", reason ? reason : text);
+        snprintf(last_error, sizeof last_error, "%s", reason ? reason : text);
     } else if (ssl_err == SSL_ERROR_SYSCALL && errno != 0) {
-        snprintf(c->error, sizeof c->error, "%s", strerror(errno));
+        snprintf(last_error, sizeof last_error, "%s", strerror(errno));
     } else if (ssl_err == SSL_ERROR_SYSCALL) {
-        snprintf(c->error, sizeof c->error, "unexpected EOF");
+        snprintf(last_error, sizeof last_error, "unexpected EOF");
     } else {
-        snprintf(c->error, sizeof c->error, "TLS error %d", ssl_err);
+        snprintf(last_error, sizeof last_error, "TLS error %d", ssl_err);
     }
     ERR_clear_error();
 }
@@ -51,7 +53,7 @@ static int map_ssl_result(struct conn *c, int ret)
     case SSL_ERROR_ZERO_RETURN:
         return CONN_EOF;
     default:
-        record_ssl_error(c, err);
+        record_ssl_error(err);
         return CONN_ERROR;
     }
 }
@@ -77,7 +79,7 @@ ssize_t conn_read(struct conn *c, void *buf, size_t len)
             continue;
         if (errno == EAGAIN || errno == EWOULDBLOCK)
             return CONN_WANT_READ;
-        snprintf(c->error, sizeof c->error, "%s", strerror(errno));
+        snprintf(last_error, sizeof last_error, "%s", strerror(errno));
         return CONN_ERROR;
     }
 }
@@ -101,7 +103,7 @@ ssize_t conn_write(struct conn *c, const void *buf, size_t len)
             continue;
         if (errno == EAGAIN || errno == EWOULDBLOCK)
             return CONN_WANT_WRITE;
-        snprintf(c->error, sizeof c->error, "%s", strerror(errno));
+        snprintf(last_error, sizeof last_error, "%s", strerror(errno));
         return CONN_ERROR;
     }
 }
@@ -115,7 +117,7 @@ int conn_handshake(struct conn *c)
         return CONN_DONE;
     int r = map_ssl_result(c, ret);
     if (r == CONN_EOF) {
-        snprintf(c->error, sizeof c->error, "peer closed during handshake");
+        snprintf(last_error, sizeof last_error, "peer closed during handshake");
         return CONN_ERROR;
     }
     return r;
@@ -154,7 +156,7 @@ void conn_close(struct conn *c)
     }
 }
 
-const char *conn_error(const struct conn *c)
+const char *conn_error(void)
 {
-    return c->error[0] ? c->error : "unknown error";
+    return last_error[0] ? last_error : "unknown error";
 }

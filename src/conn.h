@@ -23,7 +23,6 @@ enum conn_result {
 struct conn {
     int fd;   /* owned; -1 when closed */
     SSL *ssl; /* owned; NULL while the conn is raw */
-    char error[160];
 };
 
 void conn_init(struct conn *c, int fd);
@@ -53,7 +52,9 @@ void conn_shutdown_write(struct conn *c);
 /* Sends close_notify if TLS, then closes the socket. Safe to call twice. */
 void conn_close(struct conn *c);
 
-/* Human-readable reason of the last CONN_ERROR. */
-const char *conn_error(const struct conn *c);
+/* Human-readable reason of this thread's last CONN_ERROR; valid until the
+ * next conn call on this thread (kept out of struct conn: an idle session
+ * should not carry an error text it almost never has). */
+const char *conn_error(void);
 
 #endif

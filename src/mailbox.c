@@ -15,7 +15,6 @@
 #include <errno.h>
 #include <ev.h>
 #include <netinet/in.h>
-#include <netinet/tcp.h>
 #include <stdarg.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -111,7 +110,7 @@ static bool session_flush(struct mailbox_session *s)
             s->write_want = (int)n;
             break;
         } else {
-            mailbox_end(s, "write error: %s", n == CONN_EOF ? "peer closed" : conn_error(&s->conn));
+            mailbox_end(s, "write error: %s", n == CONN_EOF ? "peer closed" : conn_error());
             break;
         }
     }
@@ -136,7 +135,7 @@ static bool session_read(struct mailbox_session *s)
     else if (n == CONN_EOF)
         mailbox_end(s, s->state == MAILBOX_DATA ? "client closed during DATA" : "client closed");
     else
-        mailbox_end(s, "read error: %s", conn_error(&s->conn));
+        mailbox_end(s, "read error: %s", conn_error());
     return false;
 }
 
@@ -170,7 +169,7 @@ static bool session_run(struct mailbox_session *s)
                 continue;
             }
             if (r == CONN_ERROR)
-                mailbox_end(s, "TLS handshake failed: %s", conn_error(&s->conn));
+                mailbox_end(s, "TLS handshake failed: %s", conn_error());
             s->handshake_want = r;
             return true;
         }
@@ -286,8 +285,7 @@ static void session_new(struct mailbox *mb, int fd, const struct sockaddr_storag
         close(fd);
         return;
     }
-    int one = 1;
-    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    sock_set_nodelay(fd);
     s->mb = mb;
     s->state = MAILBOX_ACCEPTED;
     s->started = ev_now(mb->loop);

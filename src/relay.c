@@ -1,6 +1,6 @@
 #include <errno.h>
-#include <ev.h>
 #include <fcntl.h>
+#include <ev.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -11,14 +11,22 @@
 /* Bytes one splice call may move; the pipe holds 64 KiB by default. */
 #define SPLICE_CHUNK 65536
 
-enum io_progress { IO_NONE, IO_MOVED, IO_FAILED };
+enum io_progress {
+    IO_NONE = 0,    /* nothing moved */
+    IO_MOVED = 1,   /* bytes moved, or a direction ended */
+    IO_FAILED = 2,  /* last_error says why */
+    IO_NO_PIPE = 4, /* splice_in found no pipe to take (out of descriptors) */
+};
+
+/* Why this thread's last relay_step() failed (see relay_error()). */
+static _Thread_local char last_error[160];
 
 static int events_for(int result)
 {
     return result == CONN_WANT_WRITE ? EV_WRITE : EV_READ;
 }
 
-static void dir_init(struct relay_dir *d, struct conn *src, struct conn *dst, struct buf *b)
+static void dir_init(struct relay_dir *d, struct conn *src, struct conn *dst, struct buf **b)
 {
     memset(d, 0, sizeof *d);
     d->src = src;
@@ -27,30 +35,22 @@ static void dir_init(struct relay_dir *d, struct conn *src, struct conn *dst, st
     d->pipe[0] = d->pipe[1] = -1;
 }
 
-int relay_init(struct relay *r, struct conn *client, struct conn *backend, struct buf *up_buf,
-               struct buf *down_buf)
+void relay_init(struct relay *r, struct conn *client, struct conn *backend, struct buf **up,
+                struct buf **down, struct buf_pool *bufs, struct pipe_pool *pipes)
 {
     memset(r, 0, sizeof *r);
-    dir_init(&r->up, client, backend, up_buf);
-    dir_init(&r->down, backend, client, down_buf);
+    dir_init(&r->up, client, backend, up);
+    dir_init(&r->down, backend, client, down);
     r->splice = client->ssl == NULL && backend->ssl == NULL;
-    if (r->splice) {
-        if (pipe2(r->up.pipe, O_NONBLOCK | O_CLOEXEC) < 0)
-            return -1;
-        if (pipe2(r->down.pipe, O_NONBLOCK | O_CLOEXEC) < 0) {
-            int saved = errno;
-            relay_free(r);
-            errno = saved;
-            return -1;
-        }
-    }
-    return 0;
+    r->bufs = bufs;
+    r->pipes = pipes;
 }
 
 static enum io_progress fail(struct relay *r, const struct relay_dir *d, const char *side,
                              const char *why)
 {
-    snprintf(r->error, sizeof r->error, "%s %s: %s", d == &r->up ? "client" : "backend", side, why);
+    snprintf(last_error, sizeof last_error, "%s %s: %s", d == &r->up ? "client" : "backend", side,
+             why);
     return IO_FAILED;
 }
 
@@ -58,30 +58,34 @@ static enum io_progress fail(struct relay *r, const struct relay_dir *d, const c
 static enum io_progress write_buffered(struct relay *r, struct relay_dir *d)
 {
     d->write_wait = 0;
-    if (buf_empty(d->buf))
+    struct buf *b = *d->buf;
+    if (buf_slot_len(b) == 0)
         return IO_NONE;
-    ssize_t n = conn_write(d->dst, d->buf->data, d->buf->len);
+    ssize_t n = conn_write(d->dst, b->data, b->len);
     if (n > 0) {
-        buf_consume(d->buf, (size_t)n);
+        buf_consume(b, (size_t)n);
         d->bytes += (uint64_t)n;
-        d->write_wait = buf_empty(d->buf) ? 0 : EV_WRITE;
+        d->write_wait = buf_empty(b) ? 0 : EV_WRITE;
         return IO_MOVED;
     }
     if (n == CONN_WANT_READ || n == CONN_WANT_WRITE) {
         d->write_wait = events_for((int)n);
         return IO_NONE;
     }
-    return fail(r, d, "write", n == CONN_EOF ? "closed" : conn_error(d->dst));
+    return fail(r, d, "write", n == CONN_EOF ? "closed" : conn_error());
 }
 
 static enum io_progress read_buffered(struct relay *r, struct relay_dir *d)
 {
     d->read_wait = 0;
-    if (d->src_eof || buf_space(d->buf) == 0)
+    if (d->src_eof || buf_slot_space(*d->buf) == 0)
         return IO_NONE;
-    ssize_t n = conn_read(d->src, d->buf->data + d->buf->len, buf_space(d->buf));
+    if (!*d->buf && !(*d->buf = buf_pool_take(r->bufs)))
+        return fail(r, d, "read", "out of memory for a buffer");
+    struct buf *b = *d->buf;
+    ssize_t n = conn_read(d->src, b->data + b->len, buf_space(b));
     if (n > 0) {
-        d->buf->len += (size_t)n;
+        b->len += (size_t)n;
         d->read_wait = EV_READ;
         return IO_MOVED;
     }
@@ -93,7 +97,7 @@ static enum io_progress read_buffered(struct relay *r, struct relay_dir *d)
         d->src_eof = true;
         return IO_MOVED;
     }
-    return fail(r, d, "read", conn_error(d->src));
+    return fail(r, d, "read", conn_error());
 }
 
 static enum io_progress splice_in(struct relay *r, struct relay_dir *d)
@@ -101,6 +105,8 @@ static enum io_progress splice_in(struct relay *r, struct relay_dir *d)
     d->read_wait = 0;
     if (d->src_eof || d->piped >= SPLICE_CHUNK)
         return IO_NONE;
+    if (d->pipe[0] < 0 && pipe_pool_take(r->pipes, d->pipe) < 0)
+        return IO_NO_PIPE;
     ssize_t n = splice(d->src->fd, NULL, d->pipe[1], NULL, SPLICE_CHUNK - d->piped,
                        SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
     if (n > 0) {
@@ -144,7 +150,7 @@ static enum io_progress splice_out(struct relay *r, struct relay_dir *d)
 /* Shuts dst's write side once src has ended and everything is delivered. */
 static enum io_progress finish_if_drained(struct relay_dir *d)
 {
-    if (!d->src_eof || d->dst_shut || !buf_empty(d->buf) || d->piped > 0)
+    if (!d->src_eof || d->dst_shut || buf_slot_len(*d->buf) > 0 || d->piped > 0)
         return IO_NONE;
     d->dst_shut = true;
     if (d->dst->ssl) {
@@ -155,31 +161,50 @@ static enum io_progress finish_if_drained(struct relay_dir *d)
     return IO_MOVED;
 }
 
-/* One pass over one direction; returns whether anything moved. */
+/* Splices src -> pipe -> dst. The pipe is taken for the bytes in flight and
+ * given back once empty. Returns IO_NO_PIPE when none could be had. */
+static enum io_progress splice_step(struct relay *r, struct relay_dir *d)
+{
+    enum io_progress in = splice_in(r, d);
+    if (in == IO_FAILED || in == IO_NO_PIPE)
+        return in;
+    enum io_progress out = splice_out(r, d);
+    if (out == IO_FAILED)
+        return out;
+    if (d->piped == 0)
+        pipe_pool_give(r->pipes, d->pipe);
+    return in | out;
+}
+
+/* Reads src into the buffer and writes it on to dst. */
+static enum io_progress copy_step(struct relay *r, struct relay_dir *d)
+{
+    enum io_progress in = read_buffered(r, d);
+    if (in == IO_FAILED)
+        return in;
+    enum io_progress out = write_buffered(r, d);
+    if (out == IO_FAILED)
+        return out;
+    return in | out;
+}
+
+/* One pass over one direction; returns whether anything moved. Bytes leave
+ * in the order they came: buffered bytes first, and a splice relay copies
+ * through the buffer only while its pipe is empty (given back). */
 static enum io_progress dir_step(struct relay *r, struct relay_dir *d)
 {
-    enum io_progress moved = IO_NONE, p;
-    /* Leftover bytes from before the relay go first, in either mode. */
-    if ((p = write_buffered(r, d)) == IO_FAILED)
-        return p;
-    moved |= p;
-    if (r->splice && buf_empty(d->buf)) {
-        if ((p = splice_in(r, d)) == IO_FAILED)
+    enum io_progress moved = write_buffered(r, d), p = IO_NONE;
+    if (moved == IO_FAILED)
+        return moved;
+    if (buf_slot_len(*d->buf) == 0) {
+        p = r->splice ? splice_step(r, d) : IO_NO_PIPE;
+        if (p == IO_NO_PIPE)
+            p = copy_step(r, d);
+        if (p == IO_FAILED)
             return p;
-        moved |= p;
-        if ((p = splice_out(r, d)) == IO_FAILED)
-            return p;
-        moved |= p;
-    } else if (!r->splice) {
-        if ((p = read_buffered(r, d)) == IO_FAILED)
-            return p;
-        moved |= p;
-        if ((p = write_buffered(r, d)) == IO_FAILED)
-            return p;
-        moved |= p;
     }
-    moved |= finish_if_drained(d);
-    return moved;
+    buf_pool_give_if_empty(r->bufs, d->buf);
+    return moved | p | finish_if_drained(d);
 }
 
 enum relay_status relay_step(struct relay *r)
@@ -200,6 +225,11 @@ enum relay_status relay_step(struct relay *r)
             break;
     }
     return RELAY_OPEN;
+}
+
+const char *relay_error(void)
+{
+    return last_error;
 }
 
 int relay_events(const struct relay *r, const struct conn *c)
@@ -223,11 +253,10 @@ void relay_free(struct relay *r)
 {
     struct relay_dir *dirs[] = {&r->up, &r->down};
     for (size_t i = 0; i < 2; i++) {
-        for (int j = 0; j < 2; j++) {
-            if (dirs[i]->pipe[j] >= 0) {
-                close(dirs[i]->pipe[j]);
-                dirs[i]->pipe[j] = -1;
-            }
-        }
+        if (dirs[i]->piped > 0)
+            pipe_pool_discard(r->pipes, dirs[i]->pipe);
+        else
+            pipe_pool_give(r->pipes, dirs[i]->pipe);
+        dirs[i]->piped = 0;
     }
 }

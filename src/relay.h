@@ -6,6 +6,12 @@
  * buffer per direction with conn_read/conn_write. Bytes already buffered when
  * the relay starts (a ClientHello, a backend greeting) are written first.
  *
+ * Pipes and buffers come from the worker's pools and are held only while
+ * bytes are in flight: a direction takes one when its source is readable and
+ * gives it back as soon as it is empty, so an idle relay holds none. When no
+ * pipe can be had (out of descriptors), a splice relay copies through a
+ * buffer instead, so the session goes on.
+ *
  * The relay is driven by relay_step() after any readiness event on either
  * side; relay_events() then says which events each side must wait for. */
 #ifndef SALLYPORT_RELAY_H
@@ -15,47 +21,56 @@
 #include <stdint.h>
 
 #include "buf.h"
+#include "buf_pool.h"
 #include "conn.h"
+#include "pipe_pool.h"
 
 /* One direction: src -> dst. */
 struct relay_dir {
     struct conn *src, *dst;
-    struct buf *buf; /* bytes read from src, not yet written to dst */
-    int pipe[2];     /* splice mode only */
-    size_t piped;    /* bytes in the pipe */
-    bool src_eof;    /* src will send nothing more */
-    bool dst_shut;   /* dst's write side is shut: this direction is done */
-    int read_wait;   /* EV_READ/EV_WRITE the last read is blocked on, or 0 */
-    int write_wait;  /* likewise for the last write */
-    uint64_t bytes;  /* bytes delivered to dst */
+    struct buf **buf; /* the session's slot: bytes read from src, not yet written */
+    int pipe[2];      /* splice mode, while bytes are in flight; else -1 */
+    size_t piped;     /* bytes in the pipe */
+    bool src_eof;     /* src will send nothing more */
+    bool dst_shut;    /* dst's write side is shut: this direction is done */
+    int read_wait;    /* EV_READ/EV_WRITE the last read is blocked on, or 0 */
+    int write_wait;   /* likewise for the last write */
+    uint64_t bytes;   /* bytes delivered to dst */
 };
 
 struct relay {
     struct relay_dir up;   /* client -> backend */
     struct relay_dir down; /* backend -> client */
     bool splice;
-    char error[160];
+    struct buf_pool *bufs;
+    struct pipe_pool *pipes;
 };
 
 enum relay_status {
     RELAY_OPEN,  /* wait for relay_events() and call relay_step() again */
     RELAY_DONE,  /* both directions ended cleanly */
-    RELAY_ERROR, /* a side failed; relay.error says which and why */
+    RELAY_ERROR, /* a side failed; relay_error() says which and why */
 };
 
-/* Sets up the relay. Uses splice when neither conn has TLS. `up_buf` and
- * `down_buf` may already hold bytes to deliver. Returns 0, or -1 when pipes
- * cannot be created (errno set). */
-int relay_init(struct relay *r, struct conn *client, struct conn *backend, struct buf *up_buf,
-               struct buf *down_buf);
+/* Sets up the relay. Uses splice when neither conn has TLS. `up` and `down`
+ * are the session's buffer slots (client -> backend, backend -> client);
+ * they may already hold bytes to deliver, and the relay fills and empties
+ * them from `bufs` from here on. */
+void relay_init(struct relay *r, struct conn *client, struct conn *backend, struct buf **up,
+                struct buf **down, struct buf_pool *bufs, struct pipe_pool *pipes);
 
 /* Does all the I/O possible right now without blocking. */
 enum relay_status relay_step(struct relay *r);
 
+/* Which side failed and why, after relay_step() returned RELAY_ERROR on this
+ * thread; valid until the next relay_step() on this thread. */
+const char *relay_error(void);
+
 /* EV_READ|EV_WRITE that `c` (one of the relay's two conns) must wait for. */
 int relay_events(const struct relay *r, const struct conn *c);
 
-/* Closes the pipes (not the conns). */
+/* Gives the pipes back, or closes those that still hold bytes (not the
+ * conns; the buffer slots stay the session's). */
 void relay_free(struct relay *r);
 
 #endif

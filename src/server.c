@@ -11,6 +11,10 @@
 
 /* Addresses the client table remembers at most (about 3 MiB). */
 #define CLIENT_TABLE_MAX 65536
+/* Spare buffers (16 KiB each) and splice pipes (two descriptors each) kept
+ * for reuse; more are made while needed, and given back beyond these. */
+#define SPARE_BUFFERS_MAX 256
+#define SPARE_PIPES_MAX   64
 
 static bool backend_uses_tls(const struct cfg_backend *b)
 {
@@ -59,6 +63,11 @@ int server_start(struct server *server, struct ev_loop *loop, struct config *con
     memset(server, 0, sizeof *server);
     server->loop = loop;
     server->config = config;
+    buf_pool_init(&server->bufs, SPARE_BUFFERS_MAX);
+    if (pipe_pool_init(&server->pipes, SPARE_PIPES_MAX) < 0) {
+        log_error("out of memory for the pipe pool");
+        return -1;
+    }
     if (load_tls(server, config) < 0) {
         log_error("cannot set up TLS");
         return -1;
@@ -135,6 +144,8 @@ void server_stop(struct server *server)
             SSL_CTX_free(server->backend_ctx[i]);
     }
     free(server->backend_ctx);
+    buf_pool_drain(&server->bufs);
+    pipe_pool_free(&server->pipes);
     free(server->listeners);
     free(server->mailboxes);
     tls_store_free(server->store);

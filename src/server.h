@@ -7,7 +7,9 @@
 #include <openssl/ssl.h>
 #include <stddef.h>
 
+#include "buf_pool.h"
 #include "config.h"
+#include "pipe_pool.h"
 
 struct session;
 struct listener;
@@ -26,6 +28,8 @@ struct server {
     long long refusal_second;        /* the second refusals_logged counts in */
     unsigned refusals_logged;        /* refusal log lines written in that second */
     unsigned long refusals_unlogged; /* refusals beyond that, reported in one line */
+    struct buf_pool bufs;            /* buffers for bytes in flight */
+    struct pipe_pool pipes;          /* splice pipes for bytes in flight */
     struct session *sessions;        /* live sessions, a doubly linked list */
     unsigned nsessions;
 };

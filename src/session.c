@@ -7,6 +7,7 @@
  *          -> relay both ways -> close, one log line
  */
 #include <errno.h>
+#include <netinet/in.h>
 #include <stdarg.h>
 #include <ev.h>
 #include <stdbool.h>
@@ -17,6 +18,7 @@
 #include <unistd.h>
 
 #include "buf.h"
+#include "buf_pool.h"
 #include "client_table.h"
 #include "clienthello.h"
 #include "conn.h"
@@ -86,13 +88,13 @@ struct session {
     int client_events; /* events client_w currently waits for */
     int backend_events;
 
-    struct buf up;       /* client -> backend; the cleartext phase's input */
-    struct buf down;     /* backend -> client; replies to the client */
-    struct buf prelude;  /* commands sallyport sends the backend itself */
+    /* Buffers are held only while they hold bytes (NULL otherwise): taken
+     * from the worker's pool when needed, given back in session_update(). */
+    struct buf *up;      /* client -> backend; the cleartext phase's input */
+    struct buf *down;    /* backend -> client; replies to the client */
+    struct buf *prelude; /* commands sallyport sends the backend itself */
     size_t prelude_seen; /* bytes of `down` the prelude has parsed */
 
-    struct dialogue_server ds;
-    struct dialogue_backend db;
     bool discarding_line;  /* skipping the rest of an over-long line */
     bool starttls_pending; /* go-ahead queued; TLS starts once it is sent */
     bool client_greeted;   /* the client already has a greeting from us */
@@ -110,14 +112,21 @@ struct session {
     bool alpn_refused; /* ... or the client offered ALPN, but not our protocol */
     char sni[256];
 
-    struct relay relay;
+    union {                         /* one phase at a time: cleartext, then prelude, then relay */
+        struct dialogue_server ds;  /* SESSION_CLEARTEXT */
+        struct dialogue_backend db; /* SESSION_PRELUDE */
+        struct relay relay;         /* from start_relay() on: relay_started */
+    };
     bool relay_started;
     size_t relay_preloaded; /* bytes in `up` when the relay started (already counted) */
 
     uint64_t bytes_in, bytes_out;
     ev_tstamp started;
-    char peer[64];
-    char backend_addr[64];
+    union {
+        struct sockaddr sa;
+        struct sockaddr_in in;
+        struct sockaddr_in6 in6;
+    } peer; /* the client's address (formatted only for logs) */
     char close_reason[200];
     enum log_level close_level;
 
@@ -136,7 +145,11 @@ static void on_prelude_io(struct session *s, int revents);
 
 static void session_enter(struct session *s, enum session_state next)
 {
-    log_debug("session %s: %s -> %s", s->peer, state_names[s->state], state_names[next]);
+    if (log_get_level() <= LOG_LEVEL_DEBUG) {
+        char peer[64];
+        log_debug("session %s: %s -> %s", sock_addr_format(&s->peer.sa, peer, sizeof peer),
+                  state_names[s->state], state_names[next]);
+    }
     s->state = next;
 }
 
@@ -146,6 +159,25 @@ static void arm_timer(struct session *s, double seconds)
     ev_timer_stop(s->server->loop, &s->timer);
     ev_timer_set(&s->timer, seconds, seconds);
     ev_timer_start(s->server->loop, &s->timer);
+}
+
+static struct buf_pool *session_bufs(const struct session *s)
+{
+    return &s->server->bufs;
+}
+
+static struct pipe_pool *session_pipes(const struct session *s)
+{
+    return &s->server->pipes;
+}
+
+/* The buffer in `slot`, taken from the pool if the slot holds none. Returns
+ * NULL (and closes the session) when out of memory. */
+static struct buf *held(struct session *s, struct buf **slot)
+{
+    if (!*slot && !(*slot = buf_pool_take(session_bufs(s))))
+        session_close(s, LOG_LEVEL_ERROR, "out of memory for a buffer");
+    return *slot;
 }
 
 static bool client_in_tls(const struct session *s)
@@ -162,8 +194,10 @@ static void fail_with_reply(struct session *s, const char *reason)
         session_close(s, LOG_LEVEL_INFO, "%s", reason);
         return;
     }
-    s->down.len = 0;
-    s->dialogue->unavailable_reply(s->listener->hostname, &s->down);
+    if (!held(s, &s->down))
+        return;
+    s->down->len = 0;
+    s->dialogue->unavailable_reply(s->listener->hostname, s->down);
     snprintf(s->close_reason, sizeof s->close_reason, "%s", reason);
     s->close_level = LOG_LEVEL_WARN;
     session_enter(s, SESSION_DRAINING);
@@ -176,8 +210,10 @@ static void on_timer(struct ev_loop *loop, ev_timer *w, int revents)
     struct session *s = w->data;
     switch (s->state) {
     case SESSION_CLEARTEXT:
-        s->down.len = 0;
-        s->dialogue->timeout_reply(&s->ds, &s->down);
+        if (!held(s, &s->down))
+            break;
+        s->down->len = 0;
+        s->dialogue->timeout_reply(&s->ds, s->down);
         snprintf(s->close_reason, sizeof s->close_reason, "cleartext phase timeout");
         session_enter(s, SESSION_DRAINING);
         arm_timer(s, DRAIN_TIMEOUT);
@@ -223,6 +259,10 @@ static void log_session(const struct session *s)
     } else if (s->listener->mode == MODE_PASSTHROUGH && s->relay_started) {
         version = "passthrough";
     }
+    char peer[64], backend_addr[64] = "-";
+    if (s->endpoint)
+        sock_addr_format((const struct sockaddr *)&s->endpoint->addr.ss, backend_addr,
+                         sizeof backend_addr);
     uint64_t in = s->bytes_in, out = s->bytes_out;
     if (s->relay_started) {
         in += s->relay.up.bytes - s->relay_preloaded;
@@ -231,8 +271,8 @@ static void log_session(const struct session *s)
     log_msg(s->close_level,
             "session listener=%s client=%s sni=%s route=%s backend=%s backend_addr=%s mode=%s "
             "tls=%s cipher=%s bytes_in=%llu bytes_out=%llu duration=%.3fs close=\"%s\"",
-            s->listener->name, s->peer, sni, s->route ? s->route->name : "-",
-            s->route ? s->route->backend->name : "-", s->backend_addr[0] ? s->backend_addr : "-",
+            s->listener->name, sock_addr_format(&s->peer.sa, peer, sizeof peer), sni,
+            s->route ? s->route->name : "-", s->route ? s->route->backend->name : "-", backend_addr,
             s->listener->mode == MODE_TERMINATE ? "terminate" : "passthrough", version, cipher,
             (unsigned long long)in, (unsigned long long)out, ev_now(s->server->loop) - s->started,
             s->close_reason);
@@ -260,6 +300,9 @@ static void session_free(struct session *s)
     ev_timer_stop(server->loop, &s->timer);
     if (s->relay_started)
         relay_free(&s->relay);
+    buf_pool_give(session_bufs(s), s->up);
+    buf_pool_give(session_bufs(s), s->down);
+    buf_pool_give(session_bufs(s), s->prelude);
     conn_close(&s->client);
     conn_close(&s->backend);
     if (s->prev)
@@ -286,10 +329,10 @@ void session_abort(struct session *s, const char *reason)
 static bool flush_client(struct session *s, int *wait)
 {
     *wait = 0;
-    while (!buf_empty(&s->down)) {
-        ssize_t n = conn_write(&s->client, s->down.data, s->down.len);
+    while (buf_slot_len(s->down) > 0) {
+        ssize_t n = conn_write(&s->client, s->down->data, s->down->len);
         if (n > 0) {
-            buf_consume(&s->down, (size_t)n);
+            buf_consume(s->down, (size_t)n);
             s->bytes_out += (uint64_t)n;
             continue;
         }
@@ -298,7 +341,7 @@ static bool flush_client(struct session *s, int *wait)
             return true;
         }
         session_close(s, LOG_LEVEL_INFO, "client write failed: %s",
-                      n == CONN_EOF ? "closed" : conn_error(&s->client));
+                      n == CONN_EOF ? "closed" : conn_error());
         return false;
     }
     return true;
@@ -320,16 +363,19 @@ static void begin_client_tls(struct session *s)
 /* Runs every complete line in `up` through the dialogue. */
 static void run_dialogue(struct session *s)
 {
-    while (s->state == SESSION_CLEARTEXT && !s->starttls_pending && !buf_empty(&s->up)) {
-        if (buf_space(&s->down) < REPLY_BACKLOG_MAX)
+    while (s->state == SESSION_CLEARTEXT && !s->starttls_pending && buf_slot_len(s->up) > 0) {
+        struct buf *up = s->up, *down = held(s, &s->down);
+        if (!down)
+            return;
+        if (buf_space(down) < REPLY_BACKLOG_MAX)
             return; /* let the client read its replies first */
         if (s->discarding_line) {
-            size_t end = buf_line_length(&s->up);
-            buf_consume(&s->up, end ? end : s->up.len);
+            size_t end = buf_line_length(up);
+            buf_consume(up, end ? end : up->len);
             s->discarding_line = end == 0;
             continue;
         }
-        if (s->up.data[0] == TLS_HANDSHAKE_RECORD) {
+        if (up->data[0] == TLS_HANDSHAKE_RECORD) {
             /* No command starts with 0x16: this is a TLS client on the wrong
              * port (or one that skipped STARTTLS). Its bytes are not lines. */
             session_close(s, LOG_LEVEL_WARN,
@@ -337,26 +383,26 @@ static void run_dialogue(struct session *s)
                           "TLS on a STARTTLS port?)");
             return;
         }
-        size_t len = buf_line_length(&s->up);
-        size_t replies_before = s->down.len;
+        size_t len = buf_line_length(up);
+        size_t replies_before = down->len;
         const char *close_why = "client quit in cleartext";
         enum dialogue_action action;
-        if (len == 0 && s->up.len <= DIALOGUE_LINE_MAX)
+        if (len == 0 && up->len <= DIALOGUE_LINE_MAX)
             return; /* wait for the rest of the line */
         if (len == 0 || len > DIALOGUE_LINE_MAX) {
             s->discarding_line = len == 0;
-            buf_consume(&s->up, len ? len : s->up.len);
-            action = s->dialogue->on_long_line(&s->ds, &s->down);
+            buf_consume(up, len ? len : up->len);
+            action = s->dialogue->on_long_line(&s->ds, down);
             close_why = "line too long in cleartext";
         } else {
             char line[DIALOGUE_LINE_MAX + 1];
             size_t n = len - 1;
-            if (n > 0 && s->up.data[n - 1] == '\r')
+            if (n > 0 && up->data[n - 1] == '\r')
                 n--;
-            memcpy(line, s->up.data, n);
+            memcpy(line, up->data, n);
             line[n] = '\0';
-            buf_consume(&s->up, len);
-            action = s->dialogue->on_line(&s->ds, line, n, &s->down);
+            buf_consume(up, len);
+            action = s->dialogue->on_line(&s->ds, line, n, down);
         }
         switch (action) {
         case DIALOGUE_CONTINUE:
@@ -369,13 +415,13 @@ static void run_dialogue(struct session *s)
             arm_timer(s, DRAIN_TIMEOUT);
             return;
         case DIALOGUE_STARTTLS:
-            if (!buf_empty(&s->up) || s->discarding_line) {
+            if (!buf_empty(up) || s->discarding_line) {
                 /* CVE-2011-0411 class: bytes pipelined behind STARTTLS would
                  * be read as if they came inside TLS. Never answer them, and
                  * withdraw the go-ahead. */
-                s->down.len = replies_before;
+                down->len = replies_before;
                 session_close(s, LOG_LEVEL_WARN,
-                              "command injection: %zu bytes after STARTTLS before TLS", s->up.len);
+                              "command injection: %zu bytes after STARTTLS before TLS", up->len);
                 return;
             }
             s->starttls_pending = true;
@@ -387,9 +433,12 @@ static void run_dialogue(struct session *s)
 static void on_cleartext_io(struct session *s, int revents)
 {
     if (revents & EV_READ) {
-        ssize_t n = conn_read(&s->client, s->up.data + s->up.len, buf_space(&s->up));
+        struct buf *up = held(s, &s->up);
+        if (!up)
+            return;
+        ssize_t n = conn_read(&s->client, up->data + up->len, buf_space(up));
         if (n > 0) {
-            s->up.len += (size_t)n;
+            up->len += (size_t)n;
             s->bytes_in += (uint64_t)n;
         } else if (n == CONN_EOF || n == CONN_ERROR) {
             session_close(s, LOG_LEVEL_INFO, "client closed in cleartext");
@@ -403,7 +452,7 @@ static void on_cleartext_io(struct session *s, int revents)
     run_dialogue(s); /* replies drained: buffered commands may proceed */
     if (s->state == SESSION_CLOSED || !flush_client(s, &wait))
         return;
-    if (s->state == SESSION_CLEARTEXT && s->starttls_pending && buf_empty(&s->down))
+    if (s->state == SESSION_CLEARTEXT && s->starttls_pending && buf_slot_len(s->down) == 0)
         begin_client_tls(s);
 }
 
@@ -437,19 +486,22 @@ int session_check_alpn(void *session, const unsigned char *list, unsigned len)
 
 static void on_clienthello_io(struct session *s)
 {
-    ssize_t n = conn_read(&s->client, s->up.data + s->up.len, buf_space(&s->up));
+    struct buf *up = held(s, &s->up);
+    if (!up)
+        return;
+    ssize_t n = conn_read(&s->client, up->data + up->len, buf_space(up));
     if (n == CONN_WANT_READ)
         return;
     if (n <= 0) {
         session_close(s, LOG_LEVEL_INFO, "client closed before its ClientHello");
         return;
     }
-    s->up.len += (size_t)n;
+    up->len += (size_t)n;
     s->bytes_in += (uint64_t)n;
 
     struct clienthello hello;
-    enum clienthello_result r = clienthello_parse(s->up.data, s->up.len, &hello);
-    if (r == CLIENTHELLO_NEED_MORE && buf_space(&s->up) > 0)
+    enum clienthello_result r = clienthello_parse(up->data, up->len, &hello);
+    if (r == CLIENTHELLO_NEED_MORE && buf_space(up) > 0)
         return;
     if (r == CLIENTHELLO_NOT_TLS && s->client_greeted) {
         session_close(s, LOG_LEVEL_WARN,
@@ -520,8 +572,7 @@ static void on_client_handshake_io(struct session *s)
                           "client offered ALPN without '%s' (alert no_application_protocol)",
                           s->dialogue->alpn);
         else
-            session_close(s, LOG_LEVEL_INFO, "client TLS handshake failed: %s",
-                          conn_error(&s->client));
+            session_close(s, LOG_LEVEL_INFO, "client TLS handshake failed: %s", conn_error());
         return;
     }
     if (!s->route &&
@@ -538,8 +589,6 @@ static void connect_backend(struct session *s)
 {
     const struct cfg_backend *backend = s->route->backend;
     s->endpoint = &backend->endpoints[s->listener->service];
-    sock_addr_format((const struct sockaddr *)&s->endpoint->addr.ss, s->backend_addr,
-                     sizeof s->backend_addr);
     arm_timer(s, s->server->config->global.connect_timeout);
     session_enter(s, SESSION_CONNECTING);
     int fd = sock_connect(&s->endpoint->addr);
@@ -611,7 +660,7 @@ static void on_connected(struct session *s)
  * response injection. Returns false (and fails the session) if so. */
 static bool backend_said_nothing_more(struct session *s)
 {
-    if (s->down.len == s->prelude_seen)
+    if (buf_slot_len(s->down) == s->prelude_seen)
         return true;
     fail_with_reply(s, "response injection: backend sent bytes after its go-ahead");
     return false;
@@ -620,10 +669,12 @@ static bool backend_said_nothing_more(struct session *s)
 static void on_prelude_line(struct session *s, size_t line_start, size_t line_len)
 {
     size_t n = line_len - 1;
-    const char *line = (const char *)s->down.data + line_start;
+    const char *line = (const char *)s->down->data + line_start;
     if (n > 0 && line[n - 1] == '\r')
         n--;
-    enum backend_step step = s->dialogue->on_backend_line(&s->db, line, n, &s->prelude);
+    if (!held(s, &s->prelude))
+        return;
+    enum backend_step step = s->dialogue->on_backend_line(&s->db, line, n, s->prelude);
     switch (step) {
     case BACKEND_NEED_MORE:
         return;
@@ -636,13 +687,13 @@ static void on_prelude_line(struct session *s, size_t line_start, size_t line_le
         /* A client greeted by us must not see a second greeting, unless
          * the protocol greets again after STARTTLS (ManageSieve). */
         if (s->client_greeted && !s->dialogue->greets_after_starttls)
-            buf_consume(&s->down, s->prelude_seen);
+            buf_consume(s->down, s->prelude_seen);
         start_relay(s);
         return;
     case BACKEND_TLS_READY:
         if (!backend_said_nothing_more(s))
             return;
-        s->down.len = 0;
+        s->down->len = 0;
         if (s->listener->mode == MODE_PASSTHROUGH)
             start_relay(s);
         else
@@ -653,10 +704,10 @@ static void on_prelude_line(struct session *s, size_t line_start, size_t line_le
 
 static void on_prelude_io(struct session *s, int revents)
 {
-    if (!buf_empty(&s->prelude)) {
-        ssize_t n = conn_write(&s->backend, s->prelude.data, s->prelude.len);
+    if (buf_slot_len(s->prelude) > 0) {
+        ssize_t n = conn_write(&s->backend, s->prelude->data, s->prelude->len);
         if (n > 0)
-            buf_consume(&s->prelude, (size_t)n);
+            buf_consume(s->prelude, (size_t)n);
         else if (n != CONN_WANT_WRITE && n != CONN_WANT_READ) {
             fail_with_reply(s, "backend closed during the prelude");
             return;
@@ -664,18 +715,21 @@ static void on_prelude_io(struct session *s, int revents)
     }
     if (!(revents & EV_READ) && !conn_pending(&s->backend))
         return;
-    ssize_t n = conn_read(&s->backend, s->down.data + s->down.len, buf_space(&s->down));
+    struct buf *down = held(s, &s->down);
+    if (!down)
+        return;
+    ssize_t n = conn_read(&s->backend, down->data + down->len, buf_space(down));
     if (n == CONN_WANT_READ || n == CONN_WANT_WRITE)
         return;
     if (n <= 0) {
         fail_with_reply(s, "backend closed during the prelude");
         return;
     }
-    s->down.len += (size_t)n;
+    down->len += (size_t)n;
     /* Feed complete lines, bounded by the dialogue's line limit. */
-    while (s->state == SESSION_PRELUDE && s->prelude_seen < s->down.len) {
-        const uint8_t *start = s->down.data + s->prelude_seen;
-        size_t avail = s->down.len - s->prelude_seen;
+    while (s->state == SESSION_PRELUDE && s->prelude_seen < down->len) {
+        const uint8_t *start = down->data + s->prelude_seen;
+        size_t avail = down->len - s->prelude_seen;
         const uint8_t *nl = memchr(start, '\n', avail);
         if (!nl) {
             if (avail > DIALOGUE_LINE_MAX)
@@ -692,7 +746,7 @@ static void on_prelude_io(struct session *s, int revents)
         on_prelude_line(s, line_start, len);
         if (s->state == SESSION_PRELUDE && s->db.mode == BACKEND_STARTTLS) {
             /* Never forwarded: drop parsed lines to keep the buffer small. */
-            buf_consume(&s->down, s->prelude_seen);
+            buf_consume(down, s->prelude_seen);
             s->prelude_seen = 0;
         }
     }
@@ -712,7 +766,7 @@ static void on_backend_handshake_io(struct session *s)
             snprintf(why, sizeof why, "backend certificate rejected: %s",
                      X509_verify_cert_error_string(verify));
         else
-            snprintf(why, sizeof why, "backend TLS handshake failed: %s", conn_error(&s->backend));
+            snprintf(why, sizeof why, "backend TLS handshake failed: %s", conn_error());
         fail_with_reply(s, why);
         return;
     }
@@ -723,8 +777,11 @@ static void on_backend_handshake_io(struct session *s)
     }
     /* STARTTLS backend: its greeting went to the dance. A protocol that
      * greets after STARTTLS gets that from the backend itself. */
-    if (!s->client_greeted && !s->dialogue->greets_after_starttls)
-        s->dialogue->fresh_greeting(s->listener->hostname, &s->down);
+    if (!s->client_greeted && !s->dialogue->greets_after_starttls) {
+        if (!held(s, &s->down))
+            return;
+        s->dialogue->fresh_greeting(s->listener->hostname, s->down);
+    }
     start_relay(s);
 }
 
@@ -732,11 +789,9 @@ static void on_backend_handshake_io(struct session *s)
 
 static void start_relay(struct session *s)
 {
-    s->relay_preloaded = s->up.len;
-    if (relay_init(&s->relay, &s->client, &s->backend, &s->up, &s->down) < 0) {
-        session_close(s, LOG_LEVEL_ERROR, "cannot create relay pipes: %s", strerror(errno));
-        return;
-    }
+    s->relay_preloaded = buf_slot_len(s->up);
+    relay_init(&s->relay, &s->client, &s->backend, &s->up, &s->down, session_bufs(s),
+               session_pipes(s));
     s->relay_started = true;
     session_enter(s, SESSION_RELAY);
     arm_timer(s, s->server->config->global.idle_timeout);
@@ -753,7 +808,7 @@ static void on_relay_io(struct session *s)
         session_close(s, LOG_LEVEL_INFO, "closed");
         return;
     case RELAY_ERROR:
-        session_close(s, LOG_LEVEL_INFO, "%s", s->relay.error);
+        session_close(s, LOG_LEVEL_INFO, "%s", relay_error());
         return;
     }
     if (s->relay.up.bytes + s->relay.down.bytes != before)
@@ -776,7 +831,7 @@ static void on_draining_io(struct session *s)
 {
     if (!flush_client(s, &s->drain_wait))
         return;
-    if (buf_empty(&s->down))
+    if (buf_slot_len(s->down) == 0)
         begin_lingering(s);
 }
 
@@ -861,10 +916,10 @@ static void wanted_events(const struct session *s, int *client, int *backend)
     *client = *backend = 0;
     switch (s->state) {
     case SESSION_CLEARTEXT:
-        if (!buf_empty(&s->down))
+        if (buf_slot_len(s->down) > 0)
             *client |= EV_WRITE;
-        if (!s->starttls_pending && buf_space(&s->up) > 0 &&
-            buf_space(&s->down) >= REPLY_BACKLOG_MAX)
+        if (!s->starttls_pending && buf_slot_space(s->up) > 0 &&
+            buf_slot_space(s->down) >= REPLY_BACKLOG_MAX)
             *client |= EV_READ;
         break;
     case SESSION_CLIENTHELLO:
@@ -877,7 +932,7 @@ static void wanted_events(const struct session *s, int *client, int *backend)
         *backend = EV_WRITE;
         break;
     case SESSION_PRELUDE:
-        *backend = EV_READ | (buf_empty(&s->prelude) ? 0 : EV_WRITE);
+        *backend = EV_READ | (buf_slot_len(s->prelude) > 0 ? EV_WRITE : 0);
         break;
     case SESSION_BACKEND_HANDSHAKE:
         *backend = s->backend_hs_wait;
@@ -914,6 +969,10 @@ static void session_update(struct session *s)
         session_free(s);
         return;
     }
+    /* An idle session holds no buffer. */
+    buf_pool_give_if_empty(session_bufs(s), &s->up);
+    buf_pool_give_if_empty(session_bufs(s), &s->down);
+    buf_pool_give_if_empty(session_bufs(s), &s->prelude);
     int client, backend;
     wanted_events(s, &client, &backend);
     struct ev_loop *loop = s->server->loop;
@@ -982,6 +1041,7 @@ void session_start(struct listener *listener, int fd, const struct sockaddr *pee
         close(fd);
         return;
     }
+    sock_set_nodelay(fd);
     s->client_slot = slot;
     s->server = server;
     s->listener = listener->cfg;
@@ -989,7 +1049,7 @@ void session_start(struct listener *listener, int fd, const struct sockaddr *pee
     s->dialogue = dialogue_for(s->service->proto);
     s->started = ev_now(server->loop);
     s->close_level = LOG_LEVEL_INFO;
-    sock_addr_format(peer, s->peer, sizeof s->peer);
+    memcpy(&s->peer, peer, peer->sa_family == AF_INET6 ? sizeof s->peer.in6 : sizeof s->peer.in);
     conn_init(&s->client, fd);
     conn_init(&s->backend, -1);
     ev_io_init(&s->client_w, on_client_io, fd, 0);
@@ -1005,7 +1065,11 @@ void session_start(struct listener *listener, int fd, const struct sockaddr *pee
 
     if (s->service->tls == TLS_STARTTLS) {
         dialogue_server_init(&s->ds, listener->cfg->hostname, server->config->global.max_errors);
-        s->dialogue->greet(&s->ds, &s->down);
+        if (!held(s, &s->down)) {
+            session_update(s);
+            return;
+        }
+        s->dialogue->greet(&s->ds, s->down);
         s->client_greeted = true;
         s->state = SESSION_CLEARTEXT; /* the initial state: nothing to log */
         arm_timer(s, server->config->global.plaintext_timeout);

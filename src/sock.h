@@ -27,7 +27,13 @@ char *sock_addr_format(const struct sockaddr *sa, char *out, size_t outlen);
  * wildcard is dual-stack). Returns the fd, or -1 with the reason in err. */
 int sock_listen(const struct sock_addr *addr, char *err, size_t errlen);
 
-/* Starts a non-blocking connect. Returns the fd (connection in progress or
+/* Turns Nagle's algorithm off (TCP_NODELAY): every socket that carries a
+ * dialogue sends each reply at once, instead of holding a small write until
+ * the peer acknowledges the previous one (a delayed ACK costs up to 40 ms).
+ * Best effort: a failure (not a TCP socket) is ignored. */
+void sock_set_nodelay(int fd);
+
+/* Starts a non-blocking connect (TCP_NODELAY set). Returns the fd (connection in progress or
  * done), or -1 with errno set. */
 int sock_connect(const struct sock_addr *addr);
 

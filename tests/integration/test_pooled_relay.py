@@ -1,0 +1,89 @@
+"""Buffers and splice pipes come from per-worker pools and are held only while
+bytes are in flight, so many sessions share a few of them in turn. These tests
+drive many sessions at once through every SMTP way (implicit TLS or STARTTLS,
+terminate or passthrough) into the embedded mailbox, and check what users see:
+every message lands in the Maildir whole, byte for byte, and no session's
+bytes end up in another's message."""
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from conftest import free_port
+from smtp_helpers import (
+    SENDER, WAYS, WAY_IDS, assert_mailbox_stored, body_part, certificate_section,
+    global_section, issue, large_body, listener_section, mailbox_section, mailbox_tls_for,
+    make_message, marker, route_section, sha256, smtplib_session, wait_maildir)
+
+SNI = "mail.pool.test"
+RCPT = "bob@pool.test"
+SESSIONS = 40            # concurrent sessions per way
+BODY_SIZE = 192 * 1024   # bytes per message: many TLS records and splice chunks
+
+
+def pool_gateway(sallyport, tmp_path, ca, way, workers=None):
+    """sallyport with one listener of `way` in front of an embedded mailbox
+    (plain behind terminate, of the listener's flavour behind passthrough)."""
+    port, mport = free_port(), free_port()
+    maildir = tmp_path / "Maildir"
+    cert, key = issue(ca, SNI)
+    conf = global_section(log_level="info")
+    if workers:
+        conf = conf.replace("[global]\n", f"[global]\nworkers = {workers}\n")
+    if not way.passthrough:
+        conf += certificate_section("gw", cert, key)
+    conf += listener_section(way, port)
+    conf += mailbox_section("box", mport, maildir, tls=mailbox_tls_for(way), cert=cert, key=key)
+    conf += route_section("r", SNI, "box")
+    return sallyport(conf), port, maildir
+
+
+def send_all_at_once(way, port, cafile, messages):
+    """Opens one session per message, waits until every one is set up (TLS
+    done, EHLO answered) so that all relays are live together, then sends
+    them all concurrently. Returns the number of sessions that failed."""
+    ready = threading.Barrier(len(messages), timeout=120)
+
+    def one(message):
+        with smtplib_session(way.tls, port, SNI, cafile) as s:
+            ready.wait()
+            refused = s.sendmail(SENDER, [RCPT], message)
+            assert not refused, refused
+
+    with ThreadPoolExecutor(max_workers=len(messages)) as pool:
+        futures = [pool.submit(one, m) for m in messages]
+        errors = [f.exception(timeout=300) for f in futures]
+    return [e for e in errors if e is not None]
+
+
+def assert_each_stored_once(maildir, sent):
+    """Every sent message is in the Maildir exactly once, body intact."""
+    stored = wait_maildir(maildir, count=len(sent), timeout=120)
+    assert len(stored) == len(sent), f"{len(stored)} messages stored, {len(sent)} sent"
+    by_body = {}
+    for message in stored:
+        by_body.setdefault(sha256(body_part(message)), []).append(message)
+    for message in sent:
+        found = by_body.get(sha256(body_part(message)), [])
+        assert len(found) == 1, (
+            f"a {len(message)}-byte message was stored {len(found)} times (mixed or lost bytes)")
+        assert_mailbox_stored(found[0], message)
+
+
+def distinct_messages(count, size=BODY_SIZE):
+    """`count` messages whose bodies differ from the first line on."""
+    out = []
+    for i in range(count):
+        mark = marker()
+        out.append(make_message(mark, large_body(size, seed=mark.encode()),
+                                RCPT))
+    return out
+
+
+@pytest.mark.parametrize("way", WAYS, ids=WAY_IDS)
+def test_concurrent_sessions_keep_their_bytes(sallyport, tmp_path, ca, way):
+    _, port, maildir = pool_gateway(sallyport, tmp_path, ca, way)
+    sent = distinct_messages(SESSIONS)
+    failures = send_all_at_once(way, port, ca.cert, sent)
+    assert not failures, f"{len(failures)} sessions failed, first: {failures[0]!r}"
+    assert_each_stored_once(maildir, sent)
