@@ -12,7 +12,7 @@ PKGS     := openssl inih libcrypt
 PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 PKG_LIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
 EV_LIBS    := $(shell pkg-config --libs libev 2>/dev/null || echo -lev)
-CFLAGS   += $(CSTD) $(WARN) $(OPT) $(PKG_CFLAGS) -Isrc -MMD -MP
+CFLAGS   += $(CSTD) $(WARN) $(OPT) $(PKG_CFLAGS) -Isrc -MMD -MP -pthread
 LDLIBS   += $(PKG_LIBS) $(EV_LIBS)
 
 SRCS := $(wildcard src/*.c) $(wildcard src/dialogue/*.c)

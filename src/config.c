@@ -338,6 +338,7 @@ struct config *config_load(const char *path, FILE *errors, int *nerrors)
     }
     cfg->global = (struct cfg_global){
         .log_level = LOG_LEVEL_INFO,
+        .workers = 1,
         .plaintext_timeout = 60,
         .handshake_timeout = 30,
         .connect_timeout = 10,

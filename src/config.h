@@ -29,10 +29,13 @@
 enum listen_mode { MODE_TERMINATE, MODE_PASSTHROUGH };
 
 #define CONFIG_MAX_PREFIXES 32
+/* Event loops (threads) at most: workers = 1..WORKERS_MAX, or auto. */
+#define WORKERS_MAX 64
 
 struct cfg_global {
     enum log_level log_level;        /* log_level = info */
     char *user;                      /* user = (none): drop to this user after binding */
+    unsigned workers;                /* workers = 1: event loops; 0 = auto (one per CPU) */
     unsigned plaintext_timeout;      /* seconds, default 60: cleartext phase */
     unsigned handshake_timeout;      /* seconds, default 30: each TLS handshake */
     unsigned connect_timeout;        /* seconds, default 10: backend connect + prelude */

@@ -53,6 +53,7 @@ VALUE_KEY(duration, unsigned)
 VALUE_KEY(size, size_t)
 VALUE_KEY(count, unsigned)
 VALUE_KEY(limit, unsigned)
+VALUE_KEY(workers, unsigned)
 VALUE_KEY(bool, bool)
 VALUE_KEY(mode, enum listen_mode)
 VALUE_KEY(service, enum service)
@@ -124,6 +125,7 @@ static bool key_sni(void *field, const char *text, const struct key_use *use, ch
 static const struct key_def keys[] = {
     {K_GLOBAL, "log_level", key_log_level, OFF(cfg_global, log_level), 0},
     {K_GLOBAL, "user", key_string, OFF(cfg_global, user), 0},
+    {K_GLOBAL, "workers", key_workers, OFF(cfg_global, workers), 0},
     {K_GLOBAL, "plaintext_timeout", key_duration, OFF(cfg_global, plaintext_timeout), 0},
     {K_GLOBAL, "handshake_timeout", key_duration, OFF(cfg_global, handshake_timeout), 0},
     {K_GLOBAL, "connect_timeout", key_duration, OFF(cfg_global, connect_timeout), 0},

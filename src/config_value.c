@@ -92,6 +92,22 @@ bool value_count(const char *text, unsigned *out, char *err, size_t errlen)
     return true;
 }
 
+bool value_workers(const char *text, unsigned *out, char *err, size_t errlen)
+{
+    unsigned long long n;
+    if (strcmp(text, "auto") == 0) {
+        *out = 0;
+        return true;
+    }
+    if (!number_with_unit(text, NULL, WORKERS_MAX, &n)) {
+        snprintf(err, errlen, "bad worker count '%s' (expected auto, or 1 to %d)", text,
+                 WORKERS_MAX);
+        return false;
+    }
+    *out = (unsigned)n;
+    return true;
+}
+
 bool value_limit(const char *text, unsigned *out, char *err, size_t errlen)
 {
     if (text[0] == '0' && strspn(text, "0") == strlen(text)) {

@@ -25,6 +25,10 @@ bool value_count(const char *text, unsigned *out, char *err, size_t errlen);
 /* A whole number, where 0 means "no limit". */
 bool value_limit(const char *text, unsigned *out, char *err, size_t errlen);
 
+/* "auto" (stored as 0: one per CPU this process may run on) or a count of
+ * event loops from 1 to WORKERS_MAX. */
+bool value_workers(const char *text, unsigned *out, char *err, size_t errlen);
+
 /* yes/no, true/false, on/off, 1/0, in any case. */
 bool value_bool(const char *text, bool *out, char *err, size_t errlen);
 

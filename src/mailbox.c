@@ -216,6 +216,7 @@ static void session_free(struct mailbox_session *s)
     if (s->next)
         s->next->prev = s->prev;
     mb->nsessions--;
+    atomic_fetch_sub(mb->open, 1);
     explicit_bzero(s, sizeof *s);
     free(s);
 }
@@ -282,6 +283,7 @@ static void session_new(struct mailbox *mb, int fd, const struct sockaddr_storag
     struct mailbox_session *s = calloc(1, sizeof *s);
     if (!s) {
         log_error("mailbox %s: out of memory", mb->cfg->name);
+        atomic_fetch_sub(mb->open, 1);
         close(fd);
         return;
     }
@@ -341,10 +343,12 @@ static void accept_cb(struct ev_loop *loop, ev_io *w, int revents)
                 log_warn("mailbox %s: accept: %s", mb->cfg->name, strerror(errno));
             return;
         }
-        if (mb->global->max_connections && mb->nsessions >= mb->global->max_connections) {
+        /* Counted across workers: the limit holds for the whole process. */
+        unsigned open = atomic_fetch_add(mb->open, 1);
+        if (mb->global->max_connections && open >= mb->global->max_connections) {
             static const char busy[] = "421 4.7.0 Too many connections, try again later\r\n";
-            log_warn("mailbox %s: %zu sessions open: refusing a connection", mb->cfg->name,
-                     mb->nsessions);
+            atomic_fetch_sub(mb->open, 1);
+            log_warn("mailbox %s: %u sessions open: refusing a connection", mb->cfg->name, open);
             if (send(fd, busy, sizeof busy - 1, MSG_NOSIGNAL | MSG_DONTWAIT) < 0)
                 log_debug("mailbox %s: busy reply: %s", mb->cfg->name, strerror(errno));
             close(fd);
@@ -362,7 +366,8 @@ static void accept_resume_cb(struct ev_loop *loop, ev_timer *w, int revents)
 }
 
 struct mailbox *mailbox_start(struct ev_loop *loop, const struct cfg_mailbox *cfg,
-                              const struct cfg_global *global, char *err, size_t errlen)
+                              const struct cfg_global *global, bool shared, atomic_uint *open,
+                              char *err, size_t errlen)
 {
     struct mailbox *mb = calloc(1, sizeof *mb);
     if (!mb) {
@@ -372,6 +377,7 @@ struct mailbox *mailbox_start(struct ev_loop *loop, const struct cfg_mailbox *cf
     mb->loop = loop;
     mb->cfg = cfg;
     mb->global = global;
+    mb->open = open;
     mb->fd = -1;
     if (cfg->hostname && cfg->hostname[0])
         snprintf(mb->hostname, sizeof mb->hostname, "%s", cfg->hostname);
@@ -391,7 +397,7 @@ struct mailbox *mailbox_start(struct ev_loop *loop, const struct cfg_mailbox *cf
         snprintf(err, errlen, "tls = %s needs a certificate", tls_flavour_name(cfg->tls));
         goto fail;
     }
-    mb->fd = sock_listen(&cfg->addr, err, errlen);
+    mb->fd = sock_listen(&cfg->addr, shared, err, errlen);
     if (mb->fd < 0)
         goto fail;
     ev_io_init(&mb->accept_io, accept_cb, mb->fd, EV_READ);

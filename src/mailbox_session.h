@@ -5,6 +5,7 @@
 #define SALLYPORT_MAILBOX_SESSION_H
 
 #include <ev.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
 
@@ -30,7 +31,8 @@ struct mailbox {
     ev_timer accept_pause;
     struct userdb *users;             /* NULL when no users file: no AUTH */
     struct mailbox_session *sessions; /* doubly linked, for mailbox_stop */
-    size_t nsessions;
+    size_t nsessions;                 /* this one's sessions */
+    atomic_uint *open;                /* sessions of this mailbox in all workers */
 };
 
 enum mailbox_state {

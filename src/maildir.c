@@ -1,6 +1,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/random.h>
@@ -10,7 +11,8 @@
 
 #include "maildir.h"
 
-static unsigned long delivery_counter;
+/* Deliveries of this process, in every worker: part of each unique name. */
+static atomic_ulong delivery_counter;
 
 /* mkdir that accepts an existing directory. Returns 0 or -1 with errno. */
 static int make_dir(const char *path)
@@ -110,10 +112,9 @@ int maildir_open(struct maildir_delivery *d, const char *dir, const char *hostna
         gettimeofday(&tv, NULL);
         if (getrandom(&rnd, sizeof rnd, GRND_NONBLOCK) != (ssize_t)sizeof rnd)
             rnd = (unsigned long long)tv.tv_usec * 2654435761ULL ^ (unsigned long long)tv.tv_sec;
-        delivery_counter++;
+        unsigned long count = atomic_fetch_add(&delivery_counter, 1) + 1;
         int n = snprintf(d->name, sizeof d->name, "%lld.M%06ldP%ldQ%luR%016llx.%s",
-                         (long long)tv.tv_sec, (long)tv.tv_usec, (long)getpid(), delivery_counter,
-                         rnd, host);
+                         (long long)tv.tv_sec, (long)tv.tv_usec, (long)getpid(), count, rnd, host);
         if (n < 0 || (size_t)n >= sizeof d->name || !delivery_path(d, "tmp", tmp, sizeof tmp)) {
             snprintf(err, errlen, "maildir path too long in %s", dir);
             return -1;

@@ -106,9 +106,8 @@ int main(int argc, char **argv)
     log_set_level(debug ? LOG_LEVEL_DEBUG : config->global.log_level);
     signal(SIGPIPE, SIG_IGN);
 
-    struct ev_loop *loop = EV_DEFAULT;
     struct server server;
-    if (server_start(&server, loop, config) < 0) {
+    if (server_start(&server, config) < 0) {
         server_stop(&server);
         config_free(config);
         return 1;
@@ -118,22 +117,19 @@ int main(int argc, char **argv)
         config_free(config);
         return 1;
     }
+    struct ev_loop *loop = EV_DEFAULT; /* worker 0's loop takes the signals */
     ev_signal sigterm, sigint;
     ev_signal_init(&sigterm, on_stop_signal, SIGTERM);
     ev_signal_init(&sigint, on_stop_signal, SIGINT);
     ev_signal_start(loop, &sigterm);
     ev_signal_start(loop, &sigint);
 
-    log_info("sallyport ready (%zu listener%s, %zu mailbox%s)", server.nlisteners,
-             server.nlisteners == 1 ? "" : "s", server.nmailboxes,
-             server.nmailboxes == 1 ? "" : "es");
-    ev_run(loop, 0);
+    server_run(&server);
 
     ev_signal_stop(loop, &sigterm);
     ev_signal_stop(loop, &sigint);
     server_stop(&server);
     config_free(config);
-    ev_loop_destroy(loop);
     log_info("sallyport stopped");
     return 0;
 }

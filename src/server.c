@@ -8,13 +8,10 @@
 #include "server.h"
 #include "session.h"
 #include "tls.h"
+#include "worker.h"
 
 /* Addresses the client table remembers at most (about 3 MiB). */
 #define CLIENT_TABLE_MAX 65536
-/* Spare buffers (16 KiB each) and splice pipes (two descriptors each) kept
- * for reuse; more are made while needed, and given back beyond these. */
-#define SPARE_BUFFERS_MAX 256
-#define SPARE_PIPES_MAX   64
 
 static bool backend_uses_tls(const struct cfg_backend *b)
 {
@@ -57,17 +54,28 @@ static int load_tls(struct server *server, struct config *config)
     return 0;
 }
 
-int server_start(struct server *server, struct ev_loop *loop, struct config *config)
+static void log_sockets(const struct config *config)
 {
-    char err[256];
-    memset(server, 0, sizeof *server);
-    server->loop = loop;
-    server->config = config;
-    buf_pool_init(&server->bufs, SPARE_BUFFERS_MAX);
-    if (pipe_pool_init(&server->pipes, SPARE_PIPES_MAX) < 0) {
-        log_error("out of memory for the pipe pool");
-        return -1;
+    for (size_t i = 0; i < config->nmailboxes; i++) {
+        const struct cfg_mailbox *m = &config->mailboxes[i];
+        log_info("mailbox %s: accepting on %s (%s), storing in %s", m->name, m->address,
+                 tls_flavour_name(m->tls), m->maildir);
     }
+    for (size_t i = 0; i < config->nlisteners; i++) {
+        const struct cfg_listener *l = &config->listeners[i];
+        log_info("listener %s: accepting on %s (%s, %s)", l->name, l->address,
+                 service_info(l->service)->name,
+                 l->mode == MODE_TERMINATE ? "terminate" : "passthrough");
+    }
+}
+
+int server_start(struct server *server, struct config *config)
+{
+    memset(server, 0, sizeof *server);
+    server->config = config;
+    pthread_mutex_init(&server->clients_lock, NULL);
+    atomic_init(&server->nsessions, 0);
+    atomic_init(&server->running, false);
     if (load_tls(server, config) < 0) {
         log_error("cannot set up TLS");
         return -1;
@@ -79,76 +87,104 @@ int server_start(struct server *server, struct ev_loop *loop, struct config *con
     server->clients = client_table_new(
         capacity, config->global.max_client_connections, config->global.client_connection_rate,
         config->global.limit_exceptions, config->global.nlimit_exceptions);
-    if (!server->clients) {
-        log_error("out of memory for the client table");
+    server->mailbox_sessions =
+        calloc(config->nmailboxes ? config->nmailboxes : 1, sizeof *server->mailbox_sessions);
+    unsigned nworkers = config->global.workers ? config->global.workers : worker_count_auto();
+    server->workers = calloc(nworkers, sizeof *server->workers);
+    if (!server->clients || !server->mailbox_sessions || !server->workers) {
+        log_error("out of memory");
         return -1;
     }
-    server->listeners =
-        calloc(config->nlisteners ? config->nlisteners : 1, sizeof *server->listeners);
-    server->mailboxes =
-        calloc(config->nmailboxes ? config->nmailboxes : 1, sizeof *server->mailboxes);
-    if (!server->listeners || !server->mailboxes)
-        return -1;
-    for (size_t i = 0; i < config->nmailboxes; i++) {
-        const struct cfg_mailbox *m = &config->mailboxes[i];
-        server->mailboxes[i] = mailbox_start(loop, m, &config->global, err, sizeof err);
-        if (!server->mailboxes[i]) {
-            log_error("%s:%d: mailbox %s: %s", config->file, m->line, m->name, err);
+    server->nworkers = nworkers;
+    for (unsigned i = 0; i < nworkers; i++) {
+        if (worker_init(&server->workers[i], server, i) < 0)
             return -1;
-        }
-        server->nmailboxes++;
-        log_info("mailbox %s: accepting on %s (%s), storing in %s", m->name, m->address,
-                 tls_flavour_name(m->tls), m->maildir);
     }
-    for (size_t i = 0; i < config->nlisteners; i++) {
-        const struct cfg_listener *l = &config->listeners[i];
-        server->listeners[i].fd = -1;
-        if (listener_open(&server->listeners[i], server, l, err, sizeof err) < 0) {
-            log_error("%s:%d: listener %s: %s", config->file, l->line, l->name, err);
-            return -1;
-        }
-        server->nlisteners++;
-        listener_start(&server->listeners[i]);
-        log_info("listener %s: accepting on %s (%s, %s)", l->name, l->address,
-                 service_info(l->service)->name,
-                 l->mode == MODE_TERMINATE ? "terminate" : "passthrough");
-    }
+    log_sockets(config);
     return 0;
 }
 
-void server_session_ended(struct server *server)
+void server_run(struct server *server)
 {
-    for (size_t i = 0; i < server->nlisteners; i++) {
-        if (server->listeners[i].paused &&
-            server->nsessions < server->config->global.max_connections)
-            listener_start(&server->listeners[i]);
+    unsigned started = 1;
+    atomic_store(&server->running, true);
+    for (unsigned i = 1; i < server->nworkers && worker_start(&server->workers[i]) == 0; i++)
+        started++;
+    if (started < server->nworkers)
+        log_warn("running %u of %u workers", started, server->nworkers);
+    worker_start(&server->workers[0]);
+    const struct config *c = server->config;
+    log_info("sallyport ready (%zu listener%s, %zu mailbox%s, %u worker%s)", c->nlisteners,
+             c->nlisteners == 1 ? "" : "s", c->nmailboxes, c->nmailboxes == 1 ? "" : "es", started,
+             started == 1 ? "" : "s");
+    ev_run(server->workers[0].loop, 0);
+    atomic_store(&server->running, false); /* no more wake-ups: the loops are ending */
+    for (unsigned i = 1; i < started; i++)
+        worker_join(&server->workers[i]);
+}
+
+void server_stop(struct server *server)
+{
+    for (unsigned i = 0; i < server->nworkers; i++)
+        worker_free(&server->workers[i]);
+    if (server->backend_ctx) {
+        for (size_t i = 0; i < server->config->nbackends; i++)
+            SSL_CTX_free(server->backend_ctx[i]);
     }
+    free(server->backend_ctx);
+    free(server->workers);
+    free((void *)server->mailbox_sessions);
+    tls_store_free(server->store);
+    client_table_free(server->clients);
+    pthread_mutex_destroy(&server->clients_lock);
+    memset(server, 0, sizeof *server);
+}
+
+bool server_reserve_session(struct server *server)
+{
+    unsigned max = server->config->global.max_connections;
+    unsigned n = atomic_load(&server->nsessions);
+    do {
+        if (n >= max)
+            return false;
+    } while (!atomic_compare_exchange_weak(&server->nsessions, &n, n + 1));
+    return true;
+}
+
+void server_release_session(struct server *server)
+{
+    unsigned before = atomic_fetch_sub(&server->nsessions, 1);
+    if (before < server->config->global.max_connections || !atomic_load(&server->running))
+        return;
+    /* This freed a slot at the limit: wake the workers waiting for one.
+     * A worker sets its flag before it checks the count again, so either
+     * it sees this slot or this sees its flag. */
+    for (unsigned i = 0; i < server->nworkers; i++) {
+        if (atomic_load(&server->workers[i].paused_at_limit))
+            worker_wake(&server->workers[i]);
+    }
+}
+
+enum client_verdict server_admit_client(struct server *server, const struct sockaddr *peer,
+                                        int *slot)
+{
+    pthread_mutex_lock(&server->clients_lock);
+    enum client_verdict verdict = client_table_admit(server->clients, peer, ev_time(), slot);
+    pthread_mutex_unlock(&server->clients_lock);
+    return verdict;
+}
+
+void server_release_client(struct server *server, int slot)
+{
+    if (slot < 0)
+        return;
+    pthread_mutex_lock(&server->clients_lock);
+    client_table_release(server->clients, slot);
+    pthread_mutex_unlock(&server->clients_lock);
 }
 
 SSL_CTX *server_backend_ctx(const struct server *server, const struct cfg_backend *backend)
 {
     size_t index = (size_t)(backend - server->config->backends);
     return index < server->config->nbackends ? server->backend_ctx[index] : NULL;
-}
-
-void server_stop(struct server *server)
-{
-    for (size_t i = 0; i < server->nlisteners; i++)
-        listener_close(&server->listeners[i]);
-    while (server->sessions)
-        session_abort(server->sessions, "shutting down");
-    for (size_t i = 0; i < server->nmailboxes; i++)
-        mailbox_stop(server->mailboxes[i]);
-    if (server->backend_ctx) {
-        for (size_t i = 0; i < server->config->nbackends; i++)
-            SSL_CTX_free(server->backend_ctx[i]);
-    }
-    free(server->backend_ctx);
-    buf_pool_drain(&server->bufs);
-    pipe_pool_free(&server->pipes);
-    free(server->listeners);
-    free(server->mailboxes);
-    tls_store_free(server->store);
-    client_table_free(server->clients);
-    memset(server, 0, sizeof *server);
 }

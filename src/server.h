@@ -1,50 +1,63 @@
-/* server — the running daemon: the event loop, the loaded config, TLS
- * contexts, listeners, mailboxes and the list of live sessions. */
+/* server — the running daemon: what its workers share. The loaded config,
+ * the TLS contexts, the client table behind a lock, and the count of open
+ * client sessions of all workers (max_connections), kept with atomics so a
+ * limit holds for the whole process, not per worker. */
 #ifndef SALLYPORT_SERVER_H
 #define SALLYPORT_SERVER_H
 
-#include <ev.h>
 #include <openssl/ssl.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
 #include <stddef.h>
+#include <sys/socket.h>
 
-#include "buf_pool.h"
+#include "client_table.h"
 #include "config.h"
-#include "pipe_pool.h"
 
-struct session;
-struct listener;
-struct mailbox;
+struct worker;
 
 struct server {
-    struct ev_loop *loop;
     const struct config *config;
     struct tls_store *store; /* server certificates; NULL when none are configured */
     SSL_CTX **backend_ctx;   /* per config->backends[i]; NULL if it has no TLS endpoint */
-    struct listener *listeners;
-    size_t nlisteners;
-    struct mailbox **mailboxes;
-    size_t nmailboxes;
-    struct client_table *clients;    /* per-address counts and rates (the client limits) */
-    long long refusal_second;        /* the second refusals_logged counts in */
-    unsigned refusals_logged;        /* refusal log lines written in that second */
-    unsigned long refusals_unlogged; /* refusals beyond that, reported in one line */
-    struct buf_pool bufs;            /* buffers for bytes in flight */
-    struct pipe_pool pipes;          /* splice pipes for bytes in flight */
-    struct session *sessions;        /* live sessions, a doubly linked list */
-    unsigned nsessions;
+    struct worker *workers;
+    unsigned nworkers;
+
+    pthread_mutex_t clients_lock;  /* guards `clients` */
+    struct client_table *clients;  /* per-address counts and rates (the client limits) */
+    atomic_uint nsessions;         /* client sessions open or reserved, all workers */
+    atomic_uint *mailbox_sessions; /* per config->mailboxes[i], all workers */
+    atomic_bool running;           /* workers run their loops: they may be woken */
 };
 
-/* Binds every listener and mailbox of `config`, loads TLS contexts (taking
- * ownership of the config's certificate contexts) and starts accepting on
- * `loop`. Returns 0, or -1 after logging what failed. */
-int server_start(struct server *server, struct ev_loop *loop, struct config *config);
+/* Loads TLS contexts (taking ownership of the config's certificate
+ * contexts), sets up the shared state and every worker: loops, pools and
+ * bound sockets. Nothing accepts yet. Returns 0, or -1 after logging what
+ * failed; call server_stop() either way. */
+int server_start(struct server *server, struct config *config);
 
-/* Closes every session, listener and mailbox and frees the TLS contexts. */
+/* Starts every worker, runs worker 0's loop on the calling thread until it
+ * is broken (a stop signal), then stops and joins the other workers. */
+void server_run(struct server *server);
+
+/* Ends every session, closes every socket, frees everything server_start()
+ * made. The workers' loops must not be running. */
 void server_stop(struct server *server);
 
-/* Called by sessions when one ends: listeners paused at the connection limit
- * start accepting again. */
-void server_session_ended(struct server *server);
+/* Reserves one of max_connections for a connection about to be accepted.
+ * Returns false when all are taken. */
+bool server_reserve_session(struct server *server);
+
+/* Gives a reserved or used slot back, and wakes workers that paused at the
+ * limit when this frees one. Any thread. */
+void server_release_session(struct server *server);
+
+/* client_table_admit() and client_table_release() under the lock, at the
+ * current time. Any thread. */
+enum client_verdict server_admit_client(struct server *server, const struct sockaddr *peer,
+                                        int *slot);
+void server_release_client(struct server *server, int slot);
 
 /* The backend TLS client context for a backend of the config. */
 SSL_CTX *server_backend_ctx(const struct server *server, const struct cfg_backend *backend);

@@ -31,6 +31,7 @@
 #include "session.h"
 #include "sock.h"
 #include "tls.h"
+#include "worker.h"
 
 /* TLS record content type of a handshake: the only first byte a TLS client sends. */
 #define TLS_HANDSHAKE_RECORD 0x16
@@ -74,7 +75,8 @@ static const char *const state_names[] = {
 };
 
 struct session {
-    struct server *server;
+    struct worker *worker; /* the event loop it lives on */
+    struct server *server; /* what all workers share */
     const struct cfg_listener *listener;
     const struct service_info *service;
     const struct dialogue *dialogue;
@@ -156,19 +158,19 @@ static void session_enter(struct session *s, enum session_state next)
 /* Arms the session's single timer for the current phase. */
 static void arm_timer(struct session *s, double seconds)
 {
-    ev_timer_stop(s->server->loop, &s->timer);
+    ev_timer_stop(s->worker->loop, &s->timer);
     ev_timer_set(&s->timer, seconds, seconds);
-    ev_timer_start(s->server->loop, &s->timer);
+    ev_timer_start(s->worker->loop, &s->timer);
 }
 
 static struct buf_pool *session_bufs(const struct session *s)
 {
-    return &s->server->bufs;
+    return &s->worker->bufs;
 }
 
 static struct pipe_pool *session_pipes(const struct session *s)
 {
-    return &s->server->pipes;
+    return &s->worker->pipes;
 }
 
 /* The buffer in `slot`, taken from the pool if the slot holds none. Returns
@@ -269,12 +271,12 @@ static void log_session(const struct session *s)
         out += s->relay.down.bytes;
     }
     log_msg(s->close_level,
-            "session listener=%s client=%s sni=%s route=%s backend=%s backend_addr=%s mode=%s "
-            "tls=%s cipher=%s bytes_in=%llu bytes_out=%llu duration=%.3fs close=\"%s\"",
-            s->listener->name, sock_addr_format(&s->peer.sa, peer, sizeof peer), sni,
+            "session listener=%s client=%s worker=%u sni=%s route=%s backend=%s backend_addr=%s "
+            "mode=%s tls=%s cipher=%s bytes_in=%llu bytes_out=%llu duration=%.3fs close=\"%s\"",
+            s->listener->name, sock_addr_format(&s->peer.sa, peer, sizeof peer), s->worker->id, sni,
             s->route ? s->route->name : "-", s->route ? s->route->backend->name : "-", backend_addr,
             s->listener->mode == MODE_TERMINATE ? "terminate" : "passthrough", version, cipher,
-            (unsigned long long)in, (unsigned long long)out, ev_now(s->server->loop) - s->started,
+            (unsigned long long)in, (unsigned long long)out, ev_now(s->worker->loop) - s->started,
             s->close_reason);
 }
 
@@ -293,11 +295,11 @@ static void session_close(struct session *s, enum log_level level, const char *f
 
 static void session_free(struct session *s)
 {
-    struct server *server = s->server;
+    struct worker *worker = s->worker;
     log_session(s);
-    ev_io_stop(server->loop, &s->client_w);
-    ev_io_stop(server->loop, &s->backend_w);
-    ev_timer_stop(server->loop, &s->timer);
+    ev_io_stop(worker->loop, &s->client_w);
+    ev_io_stop(worker->loop, &s->backend_w);
+    ev_timer_stop(worker->loop, &s->timer);
     if (s->relay_started)
         relay_free(&s->relay);
     buf_pool_give(session_bufs(s), s->up);
@@ -308,13 +310,13 @@ static void session_free(struct session *s)
     if (s->prev)
         s->prev->next = s->next;
     else
-        server->sessions = s->next;
+        worker->sessions = s->next;
     if (s->next)
         s->next->prev = s->prev;
-    server->nsessions--;
-    client_table_release(server->clients, s->client_slot);
+    worker->nsessions--;
+    server_release_client(s->server, s->client_slot);
+    server_release_session(s->server);
     free(s);
-    server_session_ended(server);
 }
 
 void session_abort(struct session *s, const char *reason)
@@ -812,7 +814,7 @@ static void on_relay_io(struct session *s)
         return;
     }
     if (s->relay.up.bytes + s->relay.down.bytes != before)
-        ev_timer_again(s->server->loop, &s->timer);
+        ev_timer_again(s->worker->loop, &s->timer);
 }
 
 /* ---- event dispatch ------------------------------------------------------- */
@@ -975,7 +977,7 @@ static void session_update(struct session *s)
     buf_pool_give_if_empty(session_bufs(s), &s->prelude);
     int client, backend;
     wanted_events(s, &client, &backend);
-    struct ev_loop *loop = s->server->loop;
+    struct ev_loop *loop = s->worker->loop;
     set_watcher(loop, &s->client_w, s->client.fd, &s->client_events, client);
     set_watcher(loop, &s->backend_w, s->backend.fd, &s->backend_events, backend);
 }
@@ -999,55 +1001,58 @@ static void refuse_client(struct listener *listener, int fd, const struct sockad
     close(fd);
     /* Refusals are cheap, their log lines are not: at most
      * REFUSALS_LOGGED_PER_SECOND a second, then one line with the count. */
-    struct server *server = listener->server;
-    long long second = (long long)ev_now(server->loop);
-    if (second != server->refusal_second) {
-        if (server->refusals_unlogged)
+    struct worker *worker = listener->worker;
+    long long second = (long long)ev_now(worker->loop);
+    if (second != worker->refusal_second) {
+        if (worker->refusals_unlogged)
             log_warn("refused %lu more connections over the client limits (not logged one by "
                      "one)",
-                     server->refusals_unlogged);
-        server->refusal_second = second;
-        server->refusals_logged = 0;
-        server->refusals_unlogged = 0;
+                     worker->refusals_unlogged);
+        worker->refusal_second = second;
+        worker->refusals_logged = 0;
+        worker->refusals_unlogged = 0;
     }
-    if (server->refusals_logged >= REFUSALS_LOGGED_PER_SECOND) {
-        server->refusals_unlogged++;
+    if (worker->refusals_logged >= REFUSALS_LOGGED_PER_SECOND) {
+        worker->refusals_unlogged++;
         return;
     }
-    server->refusals_logged++;
+    worker->refusals_logged++;
     char addr[64];
     sock_addr_format(peer, addr, sizeof addr);
-    log_warn("session listener=%s client=%s sni=- route=- backend=- backend_addr=- mode=%s tls=- "
-             "cipher=- bytes_in=0 bytes_out=0 duration=0.000s close=\"%s\"",
-             cfg->name, addr, cfg->mode == MODE_TERMINATE ? "terminate" : "passthrough",
+    log_warn("session listener=%s client=%s worker=%u sni=- route=- backend=- backend_addr=- "
+             "mode=%s tls=- cipher=- bytes_in=0 bytes_out=0 duration=0.000s close=\"%s\"",
+             cfg->name, addr, worker->id, cfg->mode == MODE_TERMINATE ? "terminate" : "passthrough",
              verdict == CLIENT_TOO_MANY ? "refused: max_client_connections reached"
                                         : "refused: client_connection_rate exceeded");
 }
 
 void session_start(struct listener *listener, int fd, const struct sockaddr *peer)
 {
-    struct server *server = listener->server;
+    struct worker *worker = listener->worker;
+    struct server *server = worker->server;
     int slot;
-    enum client_verdict verdict =
-        client_table_admit(server->clients, peer, ev_now(server->loop), &slot);
+    enum client_verdict verdict = server_admit_client(server, peer, &slot);
     if (verdict != CLIENT_ADMITTED) {
         refuse_client(listener, fd, peer, verdict);
+        server_release_session(server);
         return;
     }
     struct session *s = calloc(1, sizeof *s);
     if (!s) {
         log_error("out of memory: refusing a connection");
-        client_table_release(server->clients, slot);
+        server_release_client(server, slot);
+        server_release_session(server);
         close(fd);
         return;
     }
     sock_set_nodelay(fd);
     s->client_slot = slot;
+    s->worker = worker;
     s->server = server;
     s->listener = listener->cfg;
     s->service = service_info(listener->cfg->service);
     s->dialogue = dialogue_for(s->service->proto);
-    s->started = ev_now(server->loop);
+    s->started = ev_now(worker->loop);
     s->close_level = LOG_LEVEL_INFO;
     memcpy(&s->peer, peer, peer->sa_family == AF_INET6 ? sizeof s->peer.in6 : sizeof s->peer.in);
     conn_init(&s->client, fd);
@@ -1057,11 +1062,11 @@ void session_start(struct listener *listener, int fd, const struct sockaddr *pee
     ev_init(&s->timer, on_timer);
     s->client_w.data = s->backend_w.data = s->timer.data = s;
 
-    s->next = server->sessions;
-    if (server->sessions)
-        server->sessions->prev = s;
-    server->sessions = s;
-    server->nsessions++;
+    s->next = worker->sessions;
+    if (worker->sessions)
+        worker->sessions->prev = s;
+    worker->sessions = s;
+    worker->nsessions++;
 
     if (s->service->tls == TLS_STARTTLS) {
         dialogue_server_init(&s->ds, listener->cfg->hostname, server->config->global.max_errors);

@@ -9,7 +9,9 @@
 struct listener;
 struct session;
 
-/* Takes ownership of the accepted, non-blocking `fd` and starts a session. */
+/* Takes ownership of the accepted, non-blocking `fd` and of the slot the
+ * listener reserved under max_connections (server_reserve_session()), and
+ * starts a session on the listener's worker, or turns the client away. */
 void session_start(struct listener *listener, int fd, const struct sockaddr *peer);
 
 /* Closes a session at once (server shutdown), logging `reason`. */

@@ -119,7 +119,7 @@ char *sock_addr_format(const struct sockaddr *sa, char *out, size_t outlen)
     return out;
 }
 
-int sock_listen(const struct sock_addr *addr, char *err, size_t errlen)
+int sock_listen(const struct sock_addr *addr, bool shared, char *err, size_t errlen)
 {
     int fd = socket(addr->ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd < 0) {
@@ -128,6 +128,11 @@ int sock_listen(const struct sock_addr *addr, char *err, size_t errlen)
     }
     int one = 1, zero = 0;
     setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    if (shared && setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one) < 0) {
+        snprintf(err, errlen, "SO_REUSEPORT: %s", strerror(errno));
+        close(fd);
+        return -1;
+    }
     if (addr->ss.ss_family == AF_INET6)
         setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &zero, sizeof zero);
     char text[64];

@@ -3,6 +3,7 @@
 #ifndef SALLYPORT_SOCK_H
 #define SALLYPORT_SOCK_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/socket.h>
@@ -24,8 +25,10 @@ int sock_addr_parse(const char *text, uint16_t default_port, struct sock_addr *o
 char *sock_addr_format(const struct sockaddr *sa, char *out, size_t outlen);
 
 /* Creates a non-blocking listening socket bound to addr (SO_REUSEADDR; IPv6
- * wildcard is dual-stack). Returns the fd, or -1 with the reason in err. */
-int sock_listen(const struct sock_addr *addr, char *err, size_t errlen);
+ * wildcard is dual-stack). With `shared`, also SO_REUSEPORT: several sockets
+ * (one per worker) bind the same address and the kernel spreads incoming
+ * connections across them. Returns the fd, or -1 with the reason in err. */
+int sock_listen(const struct sock_addr *addr, bool shared, char *err, size_t errlen);
 
 /* Turns Nagle's algorithm off (TCP_NODELAY): every socket that carries a
  * dialogue sends each reply at once, instead of holding a small write until

@@ -18,6 +18,9 @@ SALLYPORT = os.environ.get(
 # --error-exitcode), so a memory error shows as an unexpected exit code.
 WRAPPER = shlex.split(os.environ.get("SALLYPORT_WRAPPER", ""))
 READY_TIMEOUT = 60.0 if WRAPPER else 20.0
+# SALLYPORT_TEST_WORKERS=N runs every daemon of the suite with `workers = N`
+# (tests that set workers themselves keep theirs).
+TEST_WORKERS = os.environ.get("SALLYPORT_TEST_WORKERS")
 # Lines a sanitizer build prints; any of them in a log fails the test.
 SANITIZER_MARKERS = ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error:",
                      "WARNING: AddressSanitizer")
@@ -83,10 +86,21 @@ def ca(tmp_path_factory):
     return CertAuthority(tmp_path_factory.mktemp("ca"))
 
 
+def with_test_workers(config_text):
+    """The config with `workers = TEST_WORKERS` in [global], unless it sets workers."""
+    if not TEST_WORKERS or "\nworkers =" in "\n" + config_text:
+        return config_text
+    line = f"workers = {TEST_WORKERS}\n"
+    if "[global]\n" in config_text:
+        return config_text.replace("[global]\n", "[global]\n" + line, 1)
+    return "[global]\n" + line + config_text
+
+
 class Sallyport:
     """One running sallyport process with a given config."""
 
     def __init__(self, directory: Path, config_text: str, name="sallyport"):
+        config_text = with_test_workers(config_text)
         self.dir = directory
         self.expected_exit = False  # set by tests that make sallyport exit on purpose
         self.config = directory / f"{name}.conf"

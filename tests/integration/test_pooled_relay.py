@@ -80,9 +80,12 @@ def distinct_messages(count, size=BODY_SIZE):
     return out
 
 
+@pytest.mark.parametrize("workers", [1, 2], ids=["1-worker", "2-workers"])
 @pytest.mark.parametrize("way", WAYS, ids=WAY_IDS)
-def test_concurrent_sessions_keep_their_bytes(sallyport, tmp_path, ca, way):
-    _, port, maildir = pool_gateway(sallyport, tmp_path, ca, way)
+def test_concurrent_sessions_keep_their_bytes(sallyport, tmp_path, ca, way, workers):
+    """With two workers, the mailbox runs in both as well: every delivery
+    still gets a Maildir name of its own."""
+    _, port, maildir = pool_gateway(sallyport, tmp_path, ca, way, workers)
     sent = distinct_messages(SESSIONS)
     failures = send_all_at_once(way, port, ca.cert, sent)
     assert not failures, f"{len(failures)} sessions failed, first: {failures[0]!r}"

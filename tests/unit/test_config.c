@@ -220,6 +220,7 @@ static void test_global_defaults(void **state)
     assert_int_equal(g->idle_timeout, 600);
     assert_int_equal(g->max_errors, 10);
     assert_int_equal(g->max_connections, 1024);
+    assert_int_equal(g->workers, 1); /* one event loop unless asked */
     assert_int_equal(g->max_client_connections, 32);
     assert_int_equal(g->client_connection_rate, 10);
     /* Loopback is exempt: a local webmail or proxy speaks for many users. */
@@ -306,6 +307,25 @@ static void test_client_limit_errors(void **state)
                   "cfg:3: client_limit_exceptions: 'none' cannot be combined with prefixes\n", 1);
     expect_errors("[global]\nclient_limit_exceptions = none ::1\n" BASE,
                   "cfg:2: client_limit_exceptions: 'none' cannot be combined with prefixes\n", 1);
+}
+
+static void test_workers(void **state)
+{
+    (void)state;
+    struct result r = load("[global]\nworkers = 4\n" BASE);
+    assert_string_equal(r.errors, "");
+    assert_int_equal(r.cfg->global.workers, 4);
+    done(&r);
+    r = load("[global]\nworkers = auto\n" BASE);
+    assert_string_equal(r.errors, "");
+    assert_int_equal(r.cfg->global.workers, 0); /* resolved to the CPU count at start */
+    done(&r);
+    expect_errors("[global]\nworkers = 0\n" BASE,
+                  "cfg:2: workers: bad worker count '0' (expected auto, or 1 to 64)\n", 1);
+    expect_errors("[global]\nworkers = 65\n" BASE,
+                  "cfg:2: workers: bad worker count '65' (expected auto, or 1 to 64)\n", 1);
+    expect_errors("[global]\nworkers = all\n" BASE,
+                  "cfg:2: workers: bad worker count 'all' (expected auto, or 1 to 64)\n", 1);
 }
 
 static void test_global_values(void **state)
@@ -1060,6 +1080,7 @@ int main(void)
         cmocka_unit_test(test_short_config),
         cmocka_unit_test(test_global_defaults),
         cmocka_unit_test(test_global_values),
+        cmocka_unit_test(test_workers),
         cmocka_unit_test(test_backend_overrides),
         cmocka_unit_test(test_backend_ipv6_host),
         cmocka_unit_test(test_mailbox_as_backend),
