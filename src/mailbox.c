@@ -91,8 +91,8 @@ void mailbox_end_after_reply(struct mailbox_session *s, const char *reason)
 
 static bool may_read(const struct mailbox_session *s)
 {
-    return mailbox_reads_input(s->state) && buf_space(&s->in) > 0 &&
-           buf_space(&s->out) >= MAILBOX_REPLY_MAX;
+    return mailbox_reads_input(s->state) && buf_slot_space(s->in) > 0 &&
+           buf_slot_space(s->out) >= MAILBOX_REPLY_MAX;
 }
 
 /* Writes queued replies. Returns true if any byte went out. */
@@ -100,10 +100,10 @@ static bool session_flush(struct mailbox_session *s)
 {
     bool progress = false;
     s->write_want = 0;
-    while (!buf_empty(&s->out)) {
-        ssize_t n = conn_write(&s->conn, s->out.data, s->out.len);
+    while (buf_slot_len(s->out) > 0) {
+        ssize_t n = conn_write(&s->conn, s->out->data, s->out->len);
         if (n > 0) {
-            buf_consume(&s->out, (size_t)n);
+            buf_consume(s->out, (size_t)n);
             s->bytes_out += (unsigned long long)n;
             progress = true;
         } else if (n == CONN_WANT_READ || n == CONN_WANT_WRITE) {
@@ -123,9 +123,14 @@ static bool session_read(struct mailbox_session *s)
     s->read_want = 0;
     if (!may_read(s))
         return false;
-    ssize_t n = conn_read(&s->conn, s->in.data + s->in.len, buf_space(&s->in));
+    struct buf *in = mailbox_buf(s, &s->in);
+    if (!in) {
+        mailbox_end(s, "out of memory for a buffer");
+        return false;
+    }
+    ssize_t n = conn_read(&s->conn, in->data + in->len, buf_space(in));
     if (n > 0) {
-        s->in.len += (size_t)n;
+        in->len += (size_t)n;
         s->bytes_in += (unsigned long long)n;
         ev_timer_again(s->mb->loop, &s->timer); /* activity restarts the idle timeout */
         return true;
@@ -176,11 +181,11 @@ static bool session_run(struct mailbox_session *s)
         bool progress = session_flush(s);
         if (s->state == MAILBOX_CLOSED)
             return true;
-        if (buf_empty(&s->out) && s->state == MAILBOX_CLOSING) {
+        if (buf_slot_len(s->out) == 0 && s->state == MAILBOX_CLOSING) {
             mailbox_enter(s, MAILBOX_CLOSED);
             return true;
         }
-        if (buf_empty(&s->out) && s->state == MAILBOX_STARTTLS) {
+        if (buf_slot_len(s->out) == 0 && s->state == MAILBOX_STARTTLS) {
             session_start_tls(s);
             continue;
         }
@@ -209,6 +214,10 @@ static void session_free(struct mailbox_session *s)
     ev_timer_stop(mb->loop, &s->timer);
     maildir_abort(&s->delivery);
     conn_close(&s->conn);
+    if (s->in)
+        explicit_bzero(s->in->data, sizeof s->in->data);
+    buf_pool_give(mb->bufs, s->in);
+    buf_pool_give(mb->bufs, s->out);
     if (s->prev)
         s->prev->next = s->next;
     else
@@ -228,7 +237,7 @@ static void session_update_interest(struct mailbox_session *s)
     if (s->state == MAILBOX_HANDSHAKE) {
         events = s->handshake_want == CONN_WANT_WRITE ? EV_WRITE : EV_READ;
     } else {
-        if (!buf_empty(&s->out))
+        if (buf_slot_len(s->out) > 0)
             events |= s->write_want == CONN_WANT_READ ? EV_READ : EV_WRITE;
         if (may_read(s))
             events |= s->read_want == CONN_WANT_WRITE ? EV_WRITE : EV_READ;
@@ -251,6 +260,14 @@ static void session_settle(struct mailbox_session *s, bool finished)
         session_free(s);
         return;
     }
+    /* An idle session holds no buffer. Input may have held a password (the
+     * session object is wiped when freed, and so is what it gives back);
+     * a message streaming in keeps its buffer until DATA is over. */
+    if (s->in && buf_empty(s->in) && s->state != MAILBOX_DATA) {
+        explicit_bzero(s->in->data, sizeof s->in->data);
+        buf_pool_give_if_empty(s->mb->bufs, &s->in);
+    }
+    buf_pool_give_if_empty(s->mb->bufs, &s->out);
     session_update_interest(s);
     if (!finished)
         ev_feed_event(s->mb->loop, &s->io, EV_CUSTOM);
@@ -366,8 +383,8 @@ static void accept_resume_cb(struct ev_loop *loop, ev_timer *w, int revents)
 }
 
 struct mailbox *mailbox_start(struct ev_loop *loop, const struct cfg_mailbox *cfg,
-                              const struct cfg_global *global, bool shared, atomic_uint *open,
-                              char *err, size_t errlen)
+                              const struct cfg_global *global, struct buf_pool *bufs, bool shared,
+                              atomic_uint *open, char *err, size_t errlen)
 {
     struct mailbox *mb = calloc(1, sizeof *mb);
     if (!mb) {
@@ -378,6 +395,7 @@ struct mailbox *mailbox_start(struct ev_loop *loop, const struct cfg_mailbox *cf
     mb->cfg = cfg;
     mb->global = global;
     mb->open = open;
+    mb->bufs = bufs;
     mb->fd = -1;
     if (cfg->hostname && cfg->hostname[0])
         snprintf(mb->hostname, sizeof mb->hostname, "%s", cfg->hostname);

@@ -9,6 +9,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 
+#include "buf_pool.h"
 #include "config.h"
 
 struct mailbox;
@@ -16,12 +17,13 @@ struct mailbox;
 /* Creates the Maildir (tmp/ new/ cur/) if missing, reads the users file,
  * binds cfg->addr (SO_REUSEPORT when `shared`: one mailbox per worker on the
  * same address) and starts accepting on `loop`. `open` counts the sessions
- * of every mailbox on that address, for max_connections. Returns NULL with
+ * of every mailbox on that address, for max_connections. Sessions take
+ * their buffers from `bufs` (the worker's pool). Returns NULL with
  * the reason in err on failure. `cfg`, `global` and `open` must outlive the
  * mailbox. */
 struct mailbox *mailbox_start(struct ev_loop *loop, const struct cfg_mailbox *cfg,
-                              const struct cfg_global *global, bool shared, atomic_uint *open,
-                              char *err, size_t errlen);
+                              const struct cfg_global *global, struct buf_pool *bufs, bool shared,
+                              atomic_uint *open, char *err, size_t errlen);
 
 /* Stops accepting, closes every session, frees everything. */
 void mailbox_stop(struct mailbox *mailbox);

@@ -10,6 +10,7 @@
 #include <stddef.h>
 
 #include "buf.h"
+#include "buf_pool.h"
 #include "config.h"
 #include "conn.h"
 #include "maildir.h"
@@ -33,6 +34,7 @@ struct mailbox {
     struct mailbox_session *sessions; /* doubly linked, for mailbox_stop */
     size_t nsessions;                 /* this one's sessions */
     atomic_uint *open;                /* sessions of this mailbox in all workers */
+    struct buf_pool *bufs;            /* the worker's buffers */
 };
 
 enum mailbox_state {
@@ -58,14 +60,14 @@ struct mailbox_session {
     struct conn conn;
     ev_io io;
     ev_timer timer;
-    int io_events;      /* events `io` is started with; 0 = stopped */
-    int read_want;      /* CONN_WANT_* of the last read that could not read */
-    int write_want;     /* CONN_WANT_* of the last write that could not write */
-    int handshake_want; /* CONN_WANT_* of the last handshake step */
-    struct buf in, out;
-    char client[64];    /* "ip:port" */
-    char client_ip[64]; /* "ip", for the Received header */
-    char tls[96];       /* "TLSv1.3/cipher" once TLS is up, else "none" */
+    int io_events;        /* events `io` is started with; 0 = stopped */
+    int read_want;        /* CONN_WANT_* of the last read that could not read */
+    int write_want;       /* CONN_WANT_* of the last write that could not write */
+    int handshake_want;   /* CONN_WANT_* of the last handshake step */
+    struct buf *in, *out; /* from the worker's pool while they hold bytes, else NULL */
+    char client[64];      /* "ip:port" */
+    char client_ip[64];   /* "ip", for the Received header */
+    char tls[96];         /* "TLSv1.3/cipher" once TLS is up, else "none" */
     bool greeting_sent;
     bool esmtp;      /* EHLO (not HELO) was used */
     bool discarding; /* skipping the rest of a too-long line, up to its LF */
@@ -89,6 +91,15 @@ static inline bool mailbox_reads_input(enum mailbox_state state)
     return state == MAILBOX_GREETED || state == MAILBOX_READY || state == MAILBOX_AUTH_PLAIN ||
            state == MAILBOX_AUTH_USER || state == MAILBOX_AUTH_PASS || state == MAILBOX_MAIL ||
            state == MAILBOX_RCPT || state == MAILBOX_DATA;
+}
+
+/* The buffer in `slot` (s->in or s->out), taken from the worker's pool if
+ * the slot holds none; NULL when out of memory. */
+static inline struct buf *mailbox_buf(struct mailbox_session *s, struct buf **slot)
+{
+    if (!*slot)
+        *slot = buf_pool_take(s->mb->bufs);
+    return *slot;
 }
 
 static inline bool mailbox_in_tls(const struct mailbox_session *s)

@@ -23,7 +23,12 @@ static void vreply(struct mailbox_session *s, const char *fmt, va_list ap)
     if (n < 0 || (size_t)n >= sizeof line - 2)
         abort(); /* replies are short by construction */
     memcpy(line + n, "\r\n", 2);
-    if (!buf_append(&s->out, line, (size_t)n + 2)) {
+    struct buf *out = mailbox_buf(s, &s->out);
+    if (!out) {
+        mailbox_end(s, "out of memory for a reply");
+        return;
+    }
+    if (!buf_append(out, line, (size_t)n + 2)) {
         log_error("mailbox %s: reply does not fit the output buffer", s->mb->cfg->name);
         abort(); /* impossible: commands run only with MAILBOX_REPLY_MAX free */
     }
@@ -275,12 +280,12 @@ static void do_helo(struct mailbox_session *s, char *args)
 static void do_starttls(struct mailbox_session *s, char *args)
 {
     (void)args;
-    if (!buf_empty(&s->in)) {
+    if (buf_slot_len(s->in) > 0) {
         /* Bytes sent before the handshake would pass as protected ones
          * (CVE-2011-0411): never answer them. */
         log_warn("mailbox %s: client=%s: %zu bytes pipelined after STARTTLS (command "
                  "injection): closing",
-                 s->mb->cfg->name, s->client, s->in.len);
+                 s->mb->cfg->name, s->client, s->in->len);
         mailbox_end(s, "STARTTLS command injection");
         return;
     }
@@ -502,28 +507,29 @@ static void data_finish(struct mailbox_session *s, enum smtp_data_result result)
 bool mailbox_smtp_process(struct mailbox_session *s)
 {
     bool progress = false;
-    while (!buf_empty(&s->in) && mailbox_reads_input(s->state) &&
-           buf_space(&s->out) >= MAILBOX_REPLY_MAX) {
+    while (buf_slot_len(s->in) > 0 && mailbox_reads_input(s->state) &&
+           buf_slot_space(s->out) >= MAILBOX_REPLY_MAX) {
+        struct buf *in = s->in;
         progress = true;
         if (s->state == MAILBOX_DATA) {
             size_t used = 0;
             enum smtp_data_result r =
-                smtp_data_feed(&s->data, s->in.data, s->in.len, &used, data_sink, s);
-            buf_consume(&s->in, used);
+                smtp_data_feed(&s->data, in->data, in->len, &used, data_sink, s);
+            buf_consume(in, used);
             if (r != SMTP_DATA_MORE)
                 data_finish(s, r);
             continue;
         }
-        size_t n = buf_line_length(&s->in);
+        size_t n = buf_line_length(in);
         if (s->discarding) { /* the rest of a too-long line */
-            buf_consume(&s->in, n ? n : s->in.len);
+            buf_consume(in, n ? n : in->len);
             s->discarding = n == 0;
             continue;
         }
-        if (n == 0 && s->in.len <= SMTP_LINE_MAX)
+        if (n == 0 && in->len <= SMTP_LINE_MAX)
             return progress; /* a partial line: wait for the rest */
         if (n == 0 || n > SMTP_LINE_MAX) {
-            buf_consume(&s->in, n ? n : s->in.len);
+            buf_consume(in, n ? n : in->len);
             s->discarding = n == 0;
             if (s->state == MAILBOX_AUTH_PLAIN || s->state == MAILBOX_AUTH_USER ||
                 s->state == MAILBOX_AUTH_PASS)
@@ -532,8 +538,8 @@ bool mailbox_smtp_process(struct mailbox_session *s)
             continue;
         }
         char line[SMTP_LINE_MAX + 1];
-        memcpy(line, s->in.data, n);
-        buf_consume(&s->in, n);
+        memcpy(line, in->data, n);
+        buf_consume(in, n);
         size_t len = n - 1; /* drop the LF, and a CR before it */
         if (len > 0 && line[len - 1] == '\r')
             len--;
@@ -566,7 +572,7 @@ void mailbox_smtp_tls_ready(struct mailbox_session *s)
 
 void mailbox_smtp_timeout(struct mailbox_session *s)
 {
-    if (!mailbox_reads_input(s->state) || buf_space(&s->out) < MAILBOX_REPLY_MAX) {
+    if (!mailbox_reads_input(s->state) || buf_slot_space(s->out) < MAILBOX_REPLY_MAX) {
         mailbox_end(s, "timeout while sending");
         return;
     }

@@ -62,7 +62,7 @@ int worker_init(struct worker *w, struct server *server, unsigned id)
     ev_async_start(w->loop, &w->wake);
     for (size_t i = 0; i < config->nmailboxes; i++) {
         const struct cfg_mailbox *m = &config->mailboxes[i];
-        w->mailboxes[i] = mailbox_start(w->loop, m, &config->global, shared,
+        w->mailboxes[i] = mailbox_start(w->loop, m, &config->global, &w->bufs, shared,
                                         &server->mailbox_sessions[i], err, sizeof err);
         if (!w->mailboxes[i]) {
             log_error("%s:%d: mailbox %s: %s", config->file, m->line, m->name, err);

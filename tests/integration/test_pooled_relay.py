@@ -4,6 +4,8 @@ drive many sessions at once through every SMTP way (implicit TLS or STARTTLS,
 terminate or passthrough) into the embedded mailbox, and check what users see:
 every message lands in the Maildir whole, byte for byte, and no session's
 bytes end up in another's message."""
+import os
+import resource
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -11,7 +13,8 @@ import pytest
 
 from conftest import free_port
 from smtp_helpers import (
-    SENDER, WAYS, WAY_IDS, assert_mailbox_stored, body_part, certificate_section,
+    SENDER, WAYS, WAY_IDS, assert_mailbox_stored, backend_section, body_part,
+    certificate_section,
     global_section, issue, large_body, listener_section, mailbox_section, mailbox_tls_for,
     make_message, marker, route_section, sha256, smtplib_session, wait_maildir)
 
@@ -89,4 +92,28 @@ def test_concurrent_sessions_keep_their_bytes(sallyport, tmp_path, ca, way, work
     sent = distinct_messages(SESSIONS)
     failures = send_all_at_once(way, port, ca.cert, sent)
     assert not failures, f"{len(failures)} sessions failed, first: {failures[0]!r}"
+    assert_each_stored_once(maildir, sent)
+
+
+@pytest.mark.parametrize("way", [w for w in WAYS if w.passthrough], ids=lambda w: w.id)
+def test_splice_relay_without_pipes_copies_through_buffers(sallyport, tmp_path, ca, way):
+    """Out of descriptors for a splice pipe, a passthrough relay copies
+    through a pooled buffer instead: the message still arrives whole. The
+    gateway's descriptor limit is lowered (prlimit) to what it holds now plus
+    the two sockets of one session, so accept and the backend connect fit
+    and no pipe does. The mailbox runs in a process of its own."""
+    port, mport = free_port(), free_port()
+    cert, key = issue(ca, SNI)
+    maildir = tmp_path / "Maildir"
+    sallyport(global_section(log_level="info") +
+              mailbox_section("box", mport, maildir, tls=mailbox_tls_for(way), cert=cert,
+                              key=key), name="mailbox")
+    gw = sallyport(global_section(log_level="info") + listener_section(way, port) +
+                   backend_section("box", {way.service: f"127.0.0.1:{mport} {way.tls}"}) +
+                   route_section("r", SNI, "box"), name="gateway")
+    held = len(os.listdir(f"/proc/{gw.proc.pid}/fd"))
+    resource.prlimit(gw.proc.pid, resource.RLIMIT_NOFILE, (held + 2, held + 2))
+    sent = distinct_messages(1)
+    failures = send_all_at_once(way, port, ca.cert, sent)
+    assert not failures, f"the session failed: {failures[0]!r}"
     assert_each_stored_once(maildir, sent)
