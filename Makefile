@@ -21,7 +21,7 @@ LIB_OBJS := $(filter-out $(BUILD)/src/main.o,$(OBJS))
 
 BIN      ?= sallyport
 
-.PHONY: all deps check unit integration demo clean format format-check clang asan valgrind bench
+.PHONY: all deps check unit integration demo clean format format-check clang asan tsan valgrind bench
 all: $(BIN)
 
 $(BIN): $(OBJS)
@@ -76,6 +76,7 @@ asan:
 # A short run of the daemon under valgrind (memcheck): any error or definite
 # leak makes valgrind exit 99, which conftest.py reports as a failure.
 VALGRIND_TESTS ?= test_smtp_modes.py::test_mailbox_end_to_end \
+	"test_workers.py::test_tls_session_resumes_on_any_worker[tls1.3]" \
 	test_smtp_negative.py::test_command_pipelined_behind_starttls_drops_the_connection \
 	test_access_negative.py::test_foreign_alpn_terminate_gets_no_application_protocol \
 	test_limits.py::test_max_client_connections
@@ -85,9 +86,41 @@ valgrind: $(BIN)
 	    --errors-for-leak-kinds=definite --show-leak-kinds=definite" \
 	    $(PYTHON) -m pytest -q -ra $(VALGRIND_TESTS) -k "not swaks and not curl"
 
+# The tests that run several workers (threads), against a ThreadSanitizer
+# build: a data race is reported in the daemon's log, which fails the test.
+TSAN_VARS := CC=clang BUILD=build/tsan BIN=build/tsan/sallyport OPT="-O1 -g -fsanitize=thread"
+TSAN_TESTS ?= test_workers.py test_pooled_relay.py
+tsan:
+	$(MAKE) $(TSAN_VARS) build/tsan/sallyport
+	cd tests/integration && SALLYPORT=$(abspath build/tsan/sallyport) \
+	    TSAN_OPTIONS="halt_on_error=1 exitcode=66" $(PYTHON) -m pytest -q -ra $(TSAN_TESTS)
+
 # Benchmarks print numbers; they are never part of make check.
-bench: $(BIN)
-	SALLYPORT=$(abspath $(BIN)) $(PYTHON) bench/session_memory.py 200
+#   make bench   installs haproxy, nginx (mail), sniproxy if missing, builds
+#                sallyport and bench/*.c, runs bench/run.py (a table at the end,
+#                also in build/bench/results.txt). bench/session_memory.py is a
+#                separate, smaller script.
+BENCH_CC     ?= gcc
+BENCH_DIR    := $(BUILD)/bench
+BENCH_CFLAGS := -std=c11 -D_GNU_SOURCE -Wall -Wextra -Wpedantic -Werror -O2
+BENCH_TLS    = $(shell pkg-config --cflags --libs openssl 2>/dev/null || echo -lssl -lcrypto)
+BENCH_BINS   := $(BENCH_DIR)/benchd $(BENCH_DIR)/loadgen $(BENCH_DIR)/splice_relay
+bench:
+	@sh scripts/install-bench-deps.sh
+	$(MAKE) $(BIN) $(BENCH_BINS)
+	SALLYPORT=$(abspath $(BIN)) BENCH_BIN=$(abspath $(BENCH_DIR)) $(PYTHON) bench/run.py
+
+$(BENCH_DIR)/benchd: bench/benchd.c
+	@mkdir -p $(dir $@)
+	$(BENCH_CC) $(BENCH_CFLAGS) -o $@ $< $(BENCH_TLS) $(EV_LIBS)
+
+$(BENCH_DIR)/loadgen: bench/loadgen.c
+	@mkdir -p $(dir $@)
+	$(BENCH_CC) $(BENCH_CFLAGS) -o $@ $< $(BENCH_TLS) $(EV_LIBS) -lm
+
+$(BENCH_DIR)/splice_relay: bench/splice_relay.c
+	@mkdir -p $(dir $@)
+	$(BENCH_CC) $(BENCH_CFLAGS) -pthread -o $@ $<
 
 # The same sources must build warning-free with clang too.
 clang:
@@ -100,6 +133,7 @@ check: deps
 	$(MAKE) integration
 	$(MAKE) fuzz-smoke
 	$(MAKE) valgrind
+	$(MAKE) tsan
 	$(MAKE) asan
 
 demo: deps

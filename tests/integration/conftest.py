@@ -23,7 +23,7 @@ READY_TIMEOUT = 60.0 if WRAPPER else 20.0
 TEST_WORKERS = os.environ.get("SALLYPORT_TEST_WORKERS")
 # Lines a sanitizer build prints; any of them in a log fails the test.
 SANITIZER_MARKERS = ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error:",
-                     "WARNING: AddressSanitizer")
+                     "WARNING: AddressSanitizer", "WARNING: ThreadSanitizer")
 
 
 def free_port():
