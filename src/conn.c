@@ -125,7 +125,7 @@ int conn_handshake(struct conn *c)
 
 bool conn_pending(const struct conn *c)
 {
-    return c->ssl && SSL_pending(c->ssl) > 0;
+    return c->ssl && SSL_has_pending(c->ssl);
 }
 
 void conn_shutdown_write(struct conn *c)

@@ -41,8 +41,8 @@ ssize_t conn_write(struct conn *c, const void *buf, size_t len);
 /* Advances the TLS handshake: CONN_DONE, CONN_WANT_READ/WRITE or CONN_ERROR. */
 int conn_handshake(struct conn *c);
 
-/* True if TLS holds decrypted bytes not yet read (the socket may not poll
- * readable for them). */
+/* True if TLS holds bytes not yet read, decrypted or still raw (read ahead
+ * from the socket): the socket may not poll readable for them. */
 bool conn_pending(const struct conn *c);
 
 /* Ends the write direction: close_notify if TLS, then a TCP FIN. The conn

@@ -14,18 +14,23 @@ int pipe_pool_init(struct pipe_pool *p, size_t max_free)
     return 0;
 }
 
-int pipe_pool_take(struct pipe_pool *p, int fds[2])
+long pipe_pool_take(struct pipe_pool *p, int fds[2])
 {
+    long size;
     if (p->nfree > 0) {
-        p->nfree--;
-        fds[0] = p->free[p->nfree][0];
-        fds[1] = p->free[p->nfree][1];
+        struct spare_pipe *spare = &p->free[--p->nfree];
+        fds[0] = spare->fds[0];
+        fds[1] = spare->fds[1];
+        size = (long)spare->size;
     } else if (pipe2(fds, O_NONBLOCK | O_CLOEXEC) < 0) {
         fds[0] = fds[1] = -1;
         return -1;
+    } else if ((size = fcntl(fds[1], F_SETPIPE_SZ, PIPE_POOL_PIPE_SIZE)) < 0 &&
+               (size = fcntl(fds[1], F_GETPIPE_SZ)) <= 0) {
+        size = 4096; /* what any pipe holds at the least */
     }
     p->in_use++;
-    return 0;
+    return size;
 }
 
 static void close_pipe(int fds[2])
@@ -35,7 +40,7 @@ static void close_pipe(int fds[2])
     fds[0] = fds[1] = -1;
 }
 
-void pipe_pool_give(struct pipe_pool *p, int fds[2])
+void pipe_pool_give(struct pipe_pool *p, int fds[2], size_t size)
 {
     if (fds[0] < 0)
         return;
@@ -44,9 +49,7 @@ void pipe_pool_give(struct pipe_pool *p, int fds[2])
         close_pipe(fds);
         return;
     }
-    p->free[p->nfree][0] = fds[0];
-    p->free[p->nfree][1] = fds[1];
-    p->nfree++;
+    p->free[p->nfree++] = (struct spare_pipe){{fds[0], fds[1]}, size};
     fds[0] = fds[1] = -1;
 }
 
@@ -61,7 +64,7 @@ void pipe_pool_discard(struct pipe_pool *p, int fds[2])
 void pipe_pool_free(struct pipe_pool *p)
 {
     for (size_t i = 0; i < p->nfree; i++)
-        close_pipe(p->free[i]);
+        close_pipe(p->free[i].fds);
     free(p->free);
     memset(p, 0, sizeof *p);
 }

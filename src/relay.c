@@ -8,9 +8,6 @@
 
 #include "relay.h"
 
-/* Bytes one splice call may move; the pipe holds 64 KiB by default. */
-#define SPLICE_CHUNK 65536
-
 enum io_progress {
     IO_NONE = 0,    /* nothing moved */
     IO_MOVED = 1,   /* bytes moved, or a direction ended */
@@ -33,6 +30,7 @@ static void dir_init(struct relay_dir *d, struct conn *src, struct conn *dst, st
     d->dst = dst;
     d->buf = b;
     d->pipe[0] = d->pipe[1] = -1;
+    d->can_read = d->can_write = true; /* until a syscall says otherwise */
 }
 
 void relay_init(struct relay *r, struct conn *client, struct conn *backend, struct buf **up,
@@ -61,14 +59,23 @@ static enum io_progress write_buffered(struct relay *r, struct relay_dir *d)
     struct buf *b = *d->buf;
     if (buf_slot_len(b) == 0)
         return IO_NONE;
-    ssize_t n = conn_write(d->dst, b->data, b->len);
+    if (!d->can_write) {
+        d->write_wait = EV_WRITE;
+        return IO_NONE;
+    }
+    size_t len = b->len;
+    ssize_t n = conn_write(d->dst, b->data, len);
     if (n > 0) {
         buf_consume(b, (size_t)n);
         d->bytes += (uint64_t)n;
-        d->write_wait = buf_empty(b) ? 0 : EV_WRITE;
+        if ((size_t)n < len) { /* the socket's send buffer is full */
+            d->can_write = false;
+            d->write_wait = EV_WRITE;
+        }
         return IO_MOVED;
     }
     if (n == CONN_WANT_READ || n == CONN_WANT_WRITE) {
+        d->can_write = n != CONN_WANT_WRITE;
         d->write_wait = events_for((int)n);
         return IO_NONE;
     }
@@ -80,16 +87,24 @@ static enum io_progress read_buffered(struct relay *r, struct relay_dir *d)
     d->read_wait = 0;
     if (d->src_eof || buf_slot_space(*d->buf) == 0)
         return IO_NONE;
+    d->read_wait = EV_READ;
+    if (!d->can_read && !conn_pending(d->src))
+        return IO_NONE;
     if (!*d->buf && !(*d->buf = buf_pool_take(r->bufs)))
         return fail(r, d, "read", "out of memory for a buffer");
     struct buf *b = *d->buf;
-    ssize_t n = conn_read(d->src, b->data + b->len, buf_space(b));
+    size_t room = buf_space(b);
+    ssize_t n = conn_read(d->src, b->data + b->len, room);
     if (n > 0) {
         b->len += (size_t)n;
-        d->read_wait = EV_READ;
+        /* A short read of a raw socket drained it (TLS returns one record
+         * at a time, so it says nothing there). */
+        if (!d->src->ssl && (size_t)n < room)
+            d->can_read = false;
         return IO_MOVED;
     }
     if (n == CONN_WANT_READ || n == CONN_WANT_WRITE) {
+        d->can_read = n != CONN_WANT_READ;
         d->read_wait = events_for((int)n);
         return IO_NONE;
     }
@@ -103,15 +118,23 @@ static enum io_progress read_buffered(struct relay *r, struct relay_dir *d)
 static enum io_progress splice_in(struct relay *r, struct relay_dir *d)
 {
     d->read_wait = 0;
-    if (d->src_eof || d->piped >= SPLICE_CHUNK)
+    if (d->src_eof || (d->pipe[0] >= 0 && d->piped >= d->pipe_size))
         return IO_NONE;
-    if (d->pipe[0] < 0 && pipe_pool_take(r->pipes, d->pipe) < 0)
-        return IO_NO_PIPE;
-    ssize_t n = splice(d->src->fd, NULL, d->pipe[1], NULL, SPLICE_CHUNK - d->piped,
-                       SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+    d->read_wait = EV_READ;
+    if (!d->can_read)
+        return IO_NONE;
+    if (d->pipe[0] < 0) {
+        long size = pipe_pool_take(r->pipes, d->pipe);
+        if (size < 0)
+            return IO_NO_PIPE;
+        d->pipe_size = (size_t)size;
+    }
+    size_t room = d->pipe_size - d->piped;
+    ssize_t n = splice(d->src->fd, NULL, d->pipe[1], NULL, room, SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
     if (n > 0) {
         d->piped += (size_t)n;
-        d->read_wait = EV_READ;
+        if ((size_t)n < room) /* the socket is drained */
+            d->can_read = false;
         return IO_MOVED;
     }
     if (n == 0) {
@@ -120,8 +143,8 @@ static enum io_progress splice_in(struct relay *r, struct relay_dir *d)
     }
     if (errno == EAGAIN || errno == EINTR) {
         /* EAGAIN is ambiguous: the socket is empty or the pipe is full. The
-         * pipe is never full below SPLICE_CHUNK, so wait for the socket. */
-        d->read_wait = EV_READ;
+         * pipe is never full below its size, so wait for the socket. */
+        d->can_read = errno == EINTR;
         return IO_NONE;
     }
     return fail(r, d, "read", strerror(errno));
@@ -132,16 +155,22 @@ static enum io_progress splice_out(struct relay *r, struct relay_dir *d)
     d->write_wait = 0;
     if (d->piped == 0)
         return IO_NONE;
+    d->write_wait = EV_WRITE;
+    if (!d->can_write)
+        return IO_NONE;
     ssize_t n =
         splice(d->pipe[0], NULL, d->dst->fd, NULL, d->piped, SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
     if (n > 0) {
         d->piped -= (size_t)n;
         d->bytes += (uint64_t)n;
-        d->write_wait = d->piped ? EV_WRITE : 0;
+        if (d->piped > 0) /* the socket's send buffer is full */
+            d->can_write = false;
+        else
+            d->write_wait = 0;
         return IO_MOVED;
     }
     if (n < 0 && (errno == EAGAIN || errno == EINTR)) {
-        d->write_wait = EV_WRITE;
+        d->can_write = errno == EINTR;
         return IO_NONE;
     }
     return fail(r, d, "write", n == 0 ? "closed" : strerror(errno));
@@ -172,7 +201,7 @@ static enum io_progress splice_step(struct relay *r, struct relay_dir *d)
     if (out == IO_FAILED)
         return out;
     if (d->piped == 0)
-        pipe_pool_give(r->pipes, d->pipe);
+        pipe_pool_give(r->pipes, d->pipe, d->pipe_size);
     return in | out;
 }
 
@@ -207,8 +236,16 @@ static enum io_progress dir_step(struct relay *r, struct relay_dir *d)
     return moved | p | finish_if_drained(d);
 }
 
-enum relay_status relay_step(struct relay *r)
+enum relay_status relay_step(struct relay *r, int client_events, int backend_events)
 {
+    if (client_events & EV_READ)
+        r->up.can_read = true;
+    if (client_events & EV_WRITE)
+        r->down.can_write = true;
+    if (backend_events & EV_READ)
+        r->down.can_read = true;
+    if (backend_events & EV_WRITE)
+        r->up.can_write = true;
     /* Loop until nothing moves: TLS may hold decrypted bytes (SSL_pending)
      * that no socket event would announce. Each pass moves at least one byte
      * or ends, and buffers are bounded, so this terminates. */
@@ -256,7 +293,7 @@ void relay_free(struct relay *r)
         if (dirs[i]->piped > 0)
             pipe_pool_discard(r->pipes, dirs[i]->pipe);
         else
-            pipe_pool_give(r->pipes, dirs[i]->pipe);
+            pipe_pool_give(r->pipes, dirs[i]->pipe, dirs[i]->pipe_size);
         dirs[i]->piped = 0;
     }
 }

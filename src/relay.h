@@ -30,12 +30,20 @@ struct relay_dir {
     struct conn *src, *dst;
     struct buf **buf; /* the session's slot: bytes read from src, not yet written */
     int pipe[2];      /* splice mode, while bytes are in flight; else -1 */
+    size_t pipe_size; /* bytes the pipe holds */
     size_t piped;     /* bytes in the pipe */
     bool src_eof;     /* src will send nothing more */
-    bool dst_shut;    /* dst's write side is shut: this direction is done */
-    int read_wait;    /* EV_READ/EV_WRITE the last read is blocked on, or 0 */
-    int write_wait;   /* likewise for the last write */
-    uint64_t bytes;   /* bytes delivered to dst */
+    /* What the last attempts and events said: src may have bytes to read,
+     * dst may take more. A read is tried only when can_read (or TLS holds
+     * bytes), a write only when can_write, so an idle side costs no
+     * syscall; a short read or write, or EAGAIN, clears them, and an event
+     * from the loop sets them again. */
+    bool can_read;
+    bool can_write;
+    bool dst_shut;  /* dst's write side is shut: this direction is done */
+    int read_wait;  /* EV_READ/EV_WRITE the last read is blocked on, or 0 */
+    int write_wait; /* likewise for the last write */
+    uint64_t bytes; /* bytes delivered to dst */
 };
 
 struct relay {
@@ -59,8 +67,9 @@ enum relay_status {
 void relay_init(struct relay *r, struct conn *client, struct conn *backend, struct buf **up,
                 struct buf **down, struct buf_pool *bufs, struct pipe_pool *pipes);
 
-/* Does all the I/O possible right now without blocking. */
-enum relay_status relay_step(struct relay *r);
+/* Does all the I/O possible right now without blocking, after the loop
+ * reported `client_events` and `backend_events` (EV_READ|EV_WRITE, or 0). */
+enum relay_status relay_step(struct relay *r, int client_events, int backend_events);
 
 /* Which side failed and why, after relay_step() returned RELAY_ERROR on this
  * thread; valid until the next relay_step() on this thread. */

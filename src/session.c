@@ -140,7 +140,7 @@ static void session_close(struct session *s, enum log_level level, const char *f
     __attribute__((format(printf, 3, 4)));
 static void connect_backend(struct session *s);
 static void start_relay(struct session *s);
-static void on_relay_io(struct session *s);
+static void on_relay_io(struct session *s, int client_revents, int backend_revents);
 static void on_prelude_io(struct session *s, int revents);
 
 /* ---- state and timers ----------------------------------------------------- */
@@ -797,13 +797,13 @@ static void start_relay(struct session *s)
     s->relay_started = true;
     session_enter(s, SESSION_RELAY);
     arm_timer(s, s->server->config->global.idle_timeout);
-    on_relay_io(s); /* bytes buffered before the relay go out now */
+    on_relay_io(s, 0, 0); /* bytes buffered before the relay go out now */
 }
 
-static void on_relay_io(struct session *s)
+static void on_relay_io(struct session *s, int client_revents, int backend_revents)
 {
     uint64_t before = s->relay.up.bytes + s->relay.down.bytes;
-    switch (relay_step(&s->relay)) {
+    switch (relay_step(&s->relay, client_revents, backend_revents)) {
     case RELAY_OPEN:
         break;
     case RELAY_DONE:
@@ -883,7 +883,7 @@ static void session_advance(struct session *s, int client_revents, int backend_r
         on_backend_handshake_io(s);
         break;
     case SESSION_RELAY:
-        on_relay_io(s);
+        on_relay_io(s, client_revents, backend_revents);
         break;
     case SESSION_DRAINING:
         on_draining_io(s);

@@ -45,6 +45,7 @@ static void apply_policy(SSL_CTX *ctx)
     SSL_CTX_set_mode(ctx, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER |
                               SSL_MODE_RELEASE_BUFFERS);
     SSL_CTX_set_cipher_list(ctx, TLS12_CIPHERS);
+    SSL_CTX_set_read_ahead(ctx, 1);
 }
 
 SSL_CTX *tls_server_ctx_new(const char *cert_path, const char *key_path, char *err, size_t errlen)
