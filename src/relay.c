@@ -30,7 +30,10 @@ static void dir_init(struct relay_dir *d, struct conn *src, struct conn *dst, st
     d->dst = dst;
     d->buf = b;
     d->pipe[0] = d->pipe[1] = -1;
-    d->can_read = d->can_write = true; /* until a syscall says otherwise */
+    /* Bytes already waiting are announced by the loop (level-triggered), or
+     * held by TLS (conn_pending()); a socket takes writes until it says no. */
+    d->can_read = false;
+    d->can_write = true;
 }
 
 void relay_init(struct relay *r, struct conn *client, struct conn *backend, struct buf **up,
