@@ -98,8 +98,7 @@ tsan:
 # Benchmarks print numbers; they are never part of make check.
 #   make bench   installs haproxy, nginx (mail), sniproxy if missing, builds
 #                sallyport and bench/*.c, runs bench/run.py (a table at the end,
-#                also in build/bench/results.txt). bench/session_memory.py is a
-#                separate, smaller script.
+#                also in build/bench/results.txt).
 BENCH_CC     ?= gcc
 BENCH_DIR    := $(BUILD)/bench
 BENCH_CFLAGS := -std=c11 -D_GNU_SOURCE -Wall -Wextra -Wpedantic -Werror -O2
