@@ -68,6 +68,7 @@ ASAN_VARS := CC=clang BUILD=build/asan BIN=build/asan/sallyport \
 # The TLS scan checks policy, which the sanitizers do not change: run once.
 ASAN_PYTEST_ARGS ?= --ignore=test_tls_scan.py
 ASAN_ENV := ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 UBSAN_OPTIONS=print_stacktrace=1
+ASAN_UNIT_BINS := $(UNIT_SRCS:tests/unit/%.c=build/asan/tests/%)
 asan:
 	$(MAKE) $(ASAN_VARS) build/asan/sallyport
 	$(ASAN_ENV) $(MAKE) $(ASAN_VARS) unit
@@ -109,11 +110,11 @@ bench:
 	$(MAKE) $(BIN) $(BENCH_BINS)
 	SALLYPORT=$(abspath $(BIN)) BENCH_BIN=$(abspath $(BENCH_DIR)) $(PYTHON) bench/run.py
 
-$(BENCH_DIR)/benchd: bench/benchd.c
+$(BENCH_DIR)/benchd: bench/benchd.c bench/bench_io.h
 	@mkdir -p $(dir $@)
 	$(BENCH_CC) $(BENCH_CFLAGS) -o $@ $< $(BENCH_TLS) $(EV_LIBS)
 
-$(BENCH_DIR)/loadgen: bench/loadgen.c
+$(BENCH_DIR)/loadgen: bench/loadgen.c bench/bench_io.h
 	@mkdir -p $(dir $@)
 	$(BENCH_CC) $(BENCH_CFLAGS) -o $@ $< $(BENCH_TLS) $(EV_LIBS) -lm
 
@@ -125,14 +126,20 @@ $(BENCH_DIR)/splice_relay: bench/splice_relay.c
 clang:
 	$(MAKE) CC=clang BUILD=build/clang BIN=build/clang/sallyport build/clang/sallyport
 
+# Builds run on every core; the test runs themselves stay sequential.
+JOBS ?= $(shell nproc 2>/dev/null || echo 2)
 check: deps
 	$(MAKE) format-check
-	$(MAKE) all unit
-	$(MAKE) clang
+	$(MAKE) -j$(JOBS) all $(UNIT_BINS)
+	$(MAKE) unit
+	$(MAKE) -j$(JOBS) clang
 	$(MAKE) integration
+	$(MAKE) -j$(JOBS) $(FUZZ_BINS)
 	$(MAKE) fuzz-smoke
 	$(MAKE) valgrind
+	$(MAKE) -j$(JOBS) $(TSAN_VARS) build/tsan/sallyport
 	$(MAKE) tsan
+	$(MAKE) -j$(JOBS) $(ASAN_VARS) build/asan/sallyport $(ASAN_UNIT_BINS)
 	$(MAKE) asan
 
 demo: deps

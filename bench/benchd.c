@@ -47,6 +47,8 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "bench_io.h"
+
 enum role { R_PLAIN, R_IMPLICIT, R_STARTTLS, R_RAWBULK, R_STATS, R_COUNT };
 static const char *const role_names[R_COUNT] = {"plain", "implicit", "starttls", "rawbulk",
                                                 "stats"};
@@ -133,64 +135,14 @@ static void want(struct ev_loop *loop, struct conn *c, int events)
     ev_io_start(loop, &c->io);
 }
 
-/* Reads up to len bytes. Returns >0, 0 on EOF, -1 would block (events set in
- * *ev), -2 on error. */
 static ssize_t c_read(struct conn *c, void *buf, size_t len, int *ev)
 {
-    if (!c->ssl) {
-        ssize_t n = recv(c->fd, buf, len, 0);
-        if (n >= 0)
-            return n;
-        if (errno == EAGAIN || errno == EINTR) {
-            *ev = EV_READ;
-            return -1;
-        }
-        return -2;
-    }
-    int n = SSL_read(c->ssl, buf, (int)len);
-    if (n > 0)
-        return n;
-    switch (SSL_get_error(c->ssl, n)) {
-    case SSL_ERROR_WANT_READ:
-        *ev = EV_READ;
-        return -1;
-    case SSL_ERROR_WANT_WRITE:
-        *ev = EV_WRITE;
-        return -1;
-    case SSL_ERROR_ZERO_RETURN:
-        return 0;
-    default:
-        ERR_clear_error();
-        return -2;
-    }
+    return io_read(c->fd, c->ssl, buf, len, ev);
 }
 
 static ssize_t c_write(struct conn *c, const void *buf, size_t len, int *ev)
 {
-    if (!c->ssl) {
-        ssize_t n = send(c->fd, buf, len, MSG_NOSIGNAL);
-        if (n >= 0)
-            return n;
-        if (errno == EAGAIN || errno == EINTR) {
-            *ev = EV_WRITE;
-            return -1;
-        }
-        return -2;
-    }
-    int n = SSL_write(c->ssl, buf, (int)len);
-    if (n > 0)
-        return n;
-    switch (SSL_get_error(c->ssl, n)) {
-    case SSL_ERROR_WANT_READ:
-        *ev = EV_READ;
-        return -1;
-    case SSL_ERROR_WANT_WRITE:
-        *ev = EV_WRITE;
-        return -1;
-    default:
-        ERR_clear_error();
-        return -2;
-    }
+    return io_write(c->fd, c->ssl, buf, len, ev);
 }
 
 static void reply(struct conn *c, const char *s)

@@ -49,6 +49,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "bench_io.h"
+
 enum op { OP_CONNECT, OP_TLS, OP_REPLY, OP_SEND, OP_SEND_HELLO, OP_READ_BYTES, OP_HOLD, OP_END };
 static const char *const op_names[] = {"connect", "tls",       "reply", "send",
                                        "hello",   "read-bulk", "hold",  "end"};
@@ -204,50 +206,14 @@ static void wait_for(struct sess *s, int events)
     }
 }
 
-/* >0 bytes, 0 EOF, -1 would block (*ev set), -2 error. */
 static ssize_t s_read(struct sess *s, void *buf, size_t len, int *ev)
 {
-    if (!s->ssl) {
-        ssize_t n = recv(s->fd, buf, len, 0);
-        if (n >= 0)
-            return n;
-        *ev = EV_READ;
-        return errno == EAGAIN || errno == EINTR ? -1 : -2;
-    }
-    int n = SSL_read(s->ssl, buf, (int)len);
-    if (n > 0)
-        return n;
-    switch (SSL_get_error(s->ssl, n)) {
-    case SSL_ERROR_WANT_READ:
-        *ev = EV_READ;
-        return -1;
-    case SSL_ERROR_WANT_WRITE:
-        *ev = EV_WRITE;
-        return -1;
-    case SSL_ERROR_ZERO_RETURN:
-        return 0;
-    case SSL_ERROR_SYSCALL:
-        return errno == 0 ? 0 : -2;
-    default:
-        return -2;
-    }
+    return io_read(s->fd, s->ssl, buf, len, ev);
 }
 
 static ssize_t s_write(struct sess *s, const void *buf, size_t len, int *ev)
 {
-    if (!s->ssl) {
-        ssize_t n = send(s->fd, buf, len, MSG_NOSIGNAL);
-        if (n >= 0)
-            return n;
-        *ev = EV_WRITE;
-        return errno == EAGAIN || errno == EINTR ? -1 : -2;
-    }
-    int n = SSL_write(s->ssl, buf, (int)len);
-    if (n > 0)
-        return n;
-    int e = SSL_get_error(s->ssl, n);
-    *ev = e == SSL_ERROR_WANT_READ ? EV_READ : EV_WRITE;
-    return e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE ? -1 : -2;
+    return io_write(s->fd, s->ssl, buf, len, ev);
 }
 
 /* Length of a complete SMTP reply at the start of buf (multi-line aware:

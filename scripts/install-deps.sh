@@ -1,5 +1,6 @@
 #!/bin/sh
-# Installs the Debian 12 packages sallyport needs to build and test.
+# Installs the Debian 12 packages sallyport needs to build and test, or the
+# packages named on the command line instead (install-bench-deps.sh).
 # Fast when everything is present; uses apt-get only when root and something
 # is missing; otherwise prints the command to run.
 set -eu
@@ -8,6 +9,11 @@ PACKAGES="build-essential gcc clang pkg-config make \
 libssl-dev libev-dev libinih-dev libcrypt-dev libcmocka-dev \
 openssl curl swaks libnet-ssleay-perl libio-socket-ssl-perl postfix python3 python3-pytest \
 dovecot-imapd dovecot-pop3d dovecot-managesieved clang-format testssl.sh valgrind"
+WHAT="sallyport"
+if [ $# -gt 0 ]; then
+    PACKAGES="$*"
+    WHAT="${INSTALL_WHAT:-sallyport}"
+fi
 
 missing=""
 for p in $PACKAGES; do
@@ -21,12 +27,12 @@ if [ -z "$missing" ]; then
 fi
 
 if [ "$(id -u)" -ne 0 ]; then
-    echo "sallyport: missing packages:$missing" >&2
+    echo "$WHAT: missing packages:$missing" >&2
     echo "install them with: sudo apt-get install -y$missing" >&2
     exit 1
 fi
 
-echo "sallyport: installing:$missing"
+echo "$WHAT: installing:$missing"
 export DEBIAN_FRONTEND=noninteractive
 # postfix asks questions at install time; answer them up front.
 echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections

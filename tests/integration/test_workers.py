@@ -18,13 +18,13 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from conftest import free_port, wait_for
+from test_limits import TIMEOUT, connect, first_bytes as greeting
 from smtp_helpers import (
     IMPLICIT_TERMINATE, certificate_section, issue, listener_section, mailbox_section,
     route_section)
 
 HOSTNAME = "gw.test"
 SNI = "mail.workers.test"
-TIMEOUT = 20
 SPREAD_CONNECTIONS = 400
 
 
@@ -37,22 +37,6 @@ def cleartext_config(ca, port, workers, **global_opts):
              f"hostname = {HOSTNAME}\n"
              f"[backend b]\nhost = 127.0.0.1\n[route r]\nsni = *\nbackend = b\n")
     return text
-
-
-def connect(port):
-    s = socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT)
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\0" * 8)
-    return s
-
-
-def greeting(s):
-    data = b""
-    while not data.endswith(b"\r\n"):
-        chunk = s.recv(4096)
-        if not chunk:
-            break
-        data += chunk
-    return data
 
 
 def session_workers(log):
