@@ -8,6 +8,9 @@
 
 #include "relay.h"
 
+/* Passes over both directions per relay_step() before others get a turn. */
+#define RELAY_ROUNDS 64
+
 enum io_progress {
     IO_NONE = 0,    /* nothing moved */
     IO_MOVED = 1,   /* bytes moved, or a direction ended */
@@ -249,10 +252,10 @@ enum relay_status relay_step(struct relay *r, int client_events, int backend_eve
         r->down.can_read = true;
     if (backend_events & EV_WRITE)
         r->up.can_write = true;
-    /* Loop until nothing moves: TLS may hold decrypted bytes (SSL_pending)
+    /* Loop until nothing moves: TLS may hold bytes (read ahead, or decrypted)
      * that no socket event would announce. Each pass moves at least one byte
-     * or ends, and buffers are bounded, so this terminates. */
-    for (int rounds = 0; rounds < 64; rounds++) {
+     * or ends; after RELAY_ROUNDS passes the caller is asked to come back. */
+    for (int rounds = 0; rounds < RELAY_ROUNDS; rounds++) {
         enum io_progress up = dir_step(r, &r->up);
         if (up == IO_FAILED)
             return RELAY_ERROR;
@@ -262,9 +265,11 @@ enum relay_status relay_step(struct relay *r, int client_events, int backend_eve
         if (r->up.dst_shut && r->down.dst_shut)
             return RELAY_DONE;
         if (up == IO_NONE && down == IO_NONE)
-            break;
+            return RELAY_OPEN;
     }
-    return RELAY_OPEN;
+    /* Still moving: let other sessions have a turn, then go on (bytes TLS
+     * holds would get no socket event to bring us back). */
+    return RELAY_MORE;
 }
 
 const char *relay_error(void)
@@ -283,7 +288,7 @@ int relay_events(const struct relay *r, const struct conn *c)
         if (d->dst == c)
             events |= d->write_wait;
     }
-    /* If more than 64 rounds were not enough, stay ready for either event. */
+    /* TLS still holds bytes of this conn: stay ready to read them. */
     if (events == 0 && conn_pending(c))
         events = EV_READ;
     return events;

@@ -56,6 +56,7 @@ struct relay {
 
 enum relay_status {
     RELAY_OPEN,  /* wait for relay_events() and call relay_step() again */
+    RELAY_MORE,  /* bytes are still moving: call relay_step() again soon */
     RELAY_DONE,  /* both directions ended cleanly */
     RELAY_ERROR, /* a side failed; relay_error() says which and why */
 };

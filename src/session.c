@@ -142,6 +142,7 @@ static void connect_backend(struct session *s);
 static void start_relay(struct session *s);
 static void on_relay_io(struct session *s, int client_revents, int backend_revents);
 static void on_prelude_io(struct session *s, int revents);
+static bool read_prelude(struct session *s);
 
 /* ---- state and timers ----------------------------------------------------- */
 
@@ -717,15 +718,25 @@ static void on_prelude_io(struct session *s, int revents)
     }
     if (!(revents & EV_READ) && !conn_pending(&s->backend))
         return;
+    /* TLS may hold more records than one read returns (read-ahead): no
+     * socket event would announce them, so read on while it does. */
+    while (read_prelude(s) && s->state == SESSION_PRELUDE && conn_pending(&s->backend))
+        ;
+}
+
+/* Reads once from the backend and feeds every complete line to the
+ * prelude dialogue. Returns whether bytes arrived. */
+static bool read_prelude(struct session *s)
+{
     struct buf *down = held(s, &s->down);
     if (!down)
-        return;
+        return false;
     ssize_t n = conn_read(&s->backend, down->data + down->len, buf_space(down));
     if (n == CONN_WANT_READ || n == CONN_WANT_WRITE)
-        return;
+        return false;
     if (n <= 0) {
         fail_with_reply(s, "backend closed during the prelude");
-        return;
+        return false;
     }
     down->len += (size_t)n;
     /* Feed complete lines, bounded by the dialogue's line limit. */
@@ -736,12 +747,12 @@ static void on_prelude_io(struct session *s, int revents)
         if (!nl) {
             if (avail > DIALOGUE_LINE_MAX)
                 fail_with_reply(s, "backend line too long in the prelude");
-            return;
+            return true;
         }
         size_t len = (size_t)(nl - start) + 1;
         if (len > DIALOGUE_LINE_MAX) {
             fail_with_reply(s, "backend line too long in the prelude");
-            return;
+            return true;
         }
         size_t line_start = s->prelude_seen;
         s->prelude_seen += len;
@@ -752,6 +763,7 @@ static void on_prelude_io(struct session *s, int revents)
             s->prelude_seen = 0;
         }
     }
+    return true;
 }
 
 static void on_backend_handshake_io(struct session *s)
@@ -805,6 +817,9 @@ static void on_relay_io(struct session *s, int client_revents, int backend_reven
     uint64_t before = s->relay.up.bytes + s->relay.down.bytes;
     switch (relay_step(&s->relay, client_revents, backend_revents)) {
     case RELAY_OPEN:
+        break;
+    case RELAY_MORE: /* after the loop's other watchers: fairness, and TLS-held bytes */
+        ev_feed_event(s->worker->loop, &s->client_w, 0);
         break;
     case RELAY_DONE:
         session_close(s, LOG_LEVEL_INFO, "closed");

@@ -19,7 +19,8 @@ backend, and in which form (cleartext or inside TLS):
     conn.wait_closed()
     assert b"MAIL" not in conn.cleartext
 
-Steps (functions below): send, recv_line, tls, smtp_server, hold, close.
+Steps (functions below): send, recv_line, tls, tls_records_together, smtp_server,
+hold, close.
 A script that runs out of steps reads and records until the peer closes
 (`hold`), so "what else arrived" is always known.
 
@@ -161,6 +162,36 @@ def tls(context):
     def step(conn):
         conn.start_tls(context)
     step.__name__ = "tls"
+    return step
+
+
+def tls_records_together(context, *chunks):
+    """TLS handshake as the server, then each chunk as a TLS record of its
+    own, all in one write: several records that arrive together, as a
+    peer's kernel may deliver them. Done through memory BIOs over the raw
+    socket, so that the grouping is exact. Then records raw bytes until the
+    peer closes."""
+    def step(conn):
+        incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+        obj = context.wrap_bio(incoming, outgoing, server_side=True)
+        conn._tls_started = True
+        while True:
+            try:
+                obj.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                if outgoing.pending:
+                    conn.sock.sendall(outgoing.read())
+                data = conn.sock.recv(65536)
+                if not data:
+                    raise ScriptError("EOF during the TLS handshake")
+                incoming.write(data)
+        conn.in_tls = True
+        for chunk in chunks:
+            obj.write(chunk)
+        conn.sock.sendall(outgoing.read())
+        conn.drain()
+    step.__name__ = f"tls_records_together({len(chunks)} records)"
     return step
 
 

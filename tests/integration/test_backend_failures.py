@@ -15,7 +15,7 @@ from conftest import CertAuthority, free_port
 from fakebackend import (GREETING, HOSTNAME, FakeBackend, Gateway, assert_alive,
                          cleartext_to_go_ahead, client_context, client_hello, close, connect,
                          hold, read_line, read_reply, recv_line, recv_until_closed, send,
-                         server_context, smtp_server, tls)
+                         server_context, smtp_server, tls, tls_records_together)
 
 SERVICES = ["submissions", "submission"]  # implicit TLS, STARTTLS
 BACKEND_GREETING = b"220 fake.backend.test ESMTP fake\r\n"
@@ -254,6 +254,20 @@ def test_verify_no_accepts_the_same_backend(gateway, ca, untrusted_backend_cert,
     assert conn.cleartext == (b"" if flavour == "implicit" else b"EHLO gw.test\r\nSTARTTLS\r\n")
     assert (b"MAIL FROM:<alice@client.test>\r\nRCPT TO:<bob@backend.test>\r\nDATA\r\n"
             + MESSAGE + b".\r\nQUIT\r\n") in conn.tls_data
+
+
+def test_greeting_in_records_that_arrive_together(gateway, ca, good_backend_cert):
+    """An implicit-TLS backend whose two-line greeting comes as two TLS
+    records in one TCP segment: sallyport reads ahead, so both records can
+    arrive in one read, and the second must still be taken from TLS (no
+    socket event announces it) within the connect timeout."""
+    first, last = b"220-fake.backend.test first line\r\n", b"220 fake.backend.test ESMTP\r\n"
+    gw = gateway("submissions", "implicit",
+                 script=[tls_records_together(server_context(*good_backend_cert), first, last)],
+                 connect_timeout=30)
+    with connect(gw.port) as raw:
+        with client_context(ca).wrap_socket(raw, server_hostname=HOSTNAME) as s:
+            assert read_reply(s) == first + last
 
 
 # -- passthrough: nobody can answer, so the client's connection is closed -----------
