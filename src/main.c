@@ -124,12 +124,12 @@ int main(int argc, char **argv)
     ev_signal_start(loop, &sigterm);
     ev_signal_start(loop, &sigint);
 
-    server_run(&server);
+    int rc = server_run(&server) < 0 ? 1 : 0;
 
     ev_signal_stop(loop, &sigterm);
     ev_signal_stop(loop, &sigint);
     server_stop(&server);
     config_free(config);
     log_info("sallyport stopped");
-    return 0;
+    return rc;
 }

@@ -126,6 +126,10 @@ static enum io_progress splice_in(struct relay *r, struct relay_dir *d)
     d->read_wait = 0;
     if (d->src_eof || (d->pipe[0] >= 0 && d->piped >= d->pipe_size))
         return IO_NONE;
+    /* The pipe waits for dst: a pipe may be full (by its page slots) well
+     * below its size, and a readable src would then spin the relay. */
+    if (d->piped > 0 && !d->can_write)
+        return IO_NONE;
     d->read_wait = EV_READ;
     if (!d->can_read)
         return IO_NONE;
@@ -237,6 +241,10 @@ static enum io_progress dir_step(struct relay *r, struct relay_dir *d)
             p = copy_step(r, d);
         if (p == IO_FAILED)
             return p;
+    } else {
+        /* Bytes wait for dst: read nothing more until they are out (dst's
+         * event brings the relay back), or a readable src would spin it. */
+        d->read_wait = 0;
     }
     buf_pool_give_if_empty(r->bufs, d->buf);
     return moved | p | finish_if_drained(d);

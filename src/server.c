@@ -104,14 +104,21 @@ int server_start(struct server *server, struct config *config)
     return 0;
 }
 
-void server_run(struct server *server)
+int server_run(struct server *server)
 {
     unsigned started = 1;
     atomic_store(&server->running, true);
-    for (unsigned i = 1; i < server->nworkers && worker_start(&server->workers[i]) == 0; i++)
+    while (started < server->nworkers && worker_start(&server->workers[started]) == 0)
         started++;
-    if (started < server->nworkers)
-        log_warn("running %u of %u workers", started, server->nworkers);
+    if (started < server->nworkers) {
+        /* The config asked for every worker: not starting is safer than
+         * leaving bound sockets that nobody accepts on. */
+        log_error("cannot start worker %u of %u: stopping", started, server->nworkers);
+        atomic_store(&server->running, false);
+        for (unsigned i = 1; i < started; i++)
+            worker_join(&server->workers[i]);
+        return -1;
+    }
     worker_start(&server->workers[0]);
     const struct config *c = server->config;
     log_info("sallyport ready (%zu listener%s, %zu mailbox%s, %u worker%s)", c->nlisteners,
@@ -121,6 +128,7 @@ void server_run(struct server *server)
     atomic_store(&server->running, false); /* no more wake-ups: the loops are ending */
     for (unsigned i = 1; i < started; i++)
         worker_join(&server->workers[i]);
+    return 0;
 }
 
 void server_stop(struct server *server)

@@ -38,8 +38,9 @@ struct server {
 int server_start(struct server *server, struct config *config);
 
 /* Starts every worker, runs worker 0's loop on the calling thread until it
- * is broken (a stop signal), then stops and joins the other workers. */
-void server_run(struct server *server);
+ * is broken (a stop signal), then stops and joins the other workers.
+ * Returns 0, or -1 (logged) when a worker's thread could not start. */
+int server_run(struct server *server);
 
 /* Ends every session, closes every socket, frees everything server_start()
  * made. The workers' loops must not be running. */

@@ -120,6 +120,7 @@ struct session {
         struct relay relay;         /* from start_relay() on: relay_started */
     };
     bool relay_started;
+    bool relay_more;        /* relay_step() hit its round limit: run it again soon */
     size_t relay_preloaded; /* bytes in `up` when the relay started (already counted) */
 
     uint64_t bytes_in, bytes_out;
@@ -818,8 +819,8 @@ static void on_relay_io(struct session *s, int client_revents, int backend_reven
     switch (relay_step(&s->relay, client_revents, backend_revents)) {
     case RELAY_OPEN:
         break;
-    case RELAY_MORE: /* after the loop's other watchers: fairness, and TLS-held bytes */
-        ev_feed_event(s->worker->loop, &s->client_w, 0);
+    case RELAY_MORE: /* fed in session_update(), after the watchers are set */
+        s->relay_more = true;
         break;
     case RELAY_DONE:
         session_close(s, LOG_LEVEL_INFO, "closed");
@@ -995,6 +996,14 @@ static void session_update(struct session *s)
     struct ev_loop *loop = s->worker->loop;
     set_watcher(loop, &s->client_w, s->client.fd, &s->client_events, client);
     set_watcher(loop, &s->backend_w, s->backend.fd, &s->backend_events, backend);
+    if (s->relay_more) {
+        /* The relay stopped at its round limit with bytes still moving: go
+         * on after the loop's other watchers (bytes TLS holds would get no
+         * socket event). Fed after set_watcher(), whose ev_io_stop() would
+         * drop a pending event. */
+        s->relay_more = false;
+        ev_feed_event(loop, &s->client_w, 0);
+    }
 }
 
 /* ---- accept --------------------------------------------------------------- */

@@ -6,14 +6,17 @@ every message lands in the Maildir whole, byte for byte, and no session's
 bytes end up in another's message."""
 import os
 import resource
+import socket
+import ssl
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from conftest import free_port
+from conftest import free_port, wait_for
 from smtp_helpers import (
-    SENDER, WAYS, WAY_IDS, assert_mailbox_stored, backend_section, body_part,
+    SENDER, WAYS, WAY_IDS, Way, assert_mailbox_stored, backend_section, body_part,
     certificate_section,
     global_section, issue, large_body, listener_section, mailbox_section, mailbox_tls_for,
     make_message, marker, route_section, sha256, smtplib_session, wait_maildir)
@@ -117,3 +120,51 @@ def test_splice_relay_without_pipes_copies_through_buffers(sallyport, tmp_path, 
     failures = send_all_at_once(way, port, ca.cert, sent)
     assert not failures, f"the session failed: {failures[0]!r}"
     assert_each_stored_once(maildir, sent)
+
+
+def cpu_seconds(pid):
+    """User + system CPU time the process has used so far."""
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@pytest.mark.parametrize("mode", ["terminate", "passthrough"])
+def test_relay_blocked_on_a_slow_client_does_not_spin(sallyport, ca, mode):
+    """A backend floods a client that reads nothing: once the buffers and
+    the pipe are full, the relay waits for the client instead of polling a
+    readable backend over and over. What is measured is the CPU time the
+    daemon uses while it waits (a busy loop uses all of it), not how long
+    anything takes."""
+    from fakebackend import FakeBackend, recv_line, send, server_context, tls
+    cert, key = issue(ca, SNI)
+    script = [tls(server_context(cert, key))] if mode == "passthrough" else []
+    script += [send(b"220 flood.test ESMTP\r\n"), recv_line(b"FLOOD"),
+               send(b"x" * (32 << 20))]
+    with FakeBackend(script, timeout=60) as fb:
+        port = free_port()
+        conf = global_section(log_level="info")
+        if mode == "terminate":
+            conf += certificate_section("gw", cert, key)
+        flavour = "implicit" if mode == "passthrough" else "plain"
+        conf += listener_section(Way("implicit", mode), port)
+        conf += backend_section("b", {"submissions": f"{fb.address} {flavour}"}, ca=ca.cert,
+                                tls_name=SNI)
+        conf += route_section("r", SNI, "b")
+        sp = sallyport(conf)
+        ctx = ssl.create_default_context(cafile=str(ca.cert))
+        raw = socket.create_connection(("127.0.0.1", port), timeout=30)
+        raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        with ctx.wrap_socket(raw, server_hostname=SNI) as s:
+            greeting = b""
+            while not greeting.endswith(b"\r\n"):
+                greeting += s.recv(1)
+            assert greeting.startswith(b"220 ")
+            s.sendall(b"FLOOD\r\n")
+            # Wait until the flood has filled what can be filled: the bytes
+            # the backend managed to send stop growing.
+            wait_for(lambda: fb.count == 1, what="the backend connection")
+            time.sleep(1.0)
+            before = cpu_seconds(sp.proc.pid)
+            time.sleep(2.0)
+            used = cpu_seconds(sp.proc.pid) - before
+    assert used < 0.5, f"the daemon used {used:.2f} s of CPU in 2 s while the relay waited"
