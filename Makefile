@@ -77,7 +77,7 @@ asan:
 # A short run of the daemon under valgrind (memcheck): any error or definite
 # leak makes valgrind exit 99, which conftest.py reports as a failure.
 VALGRIND_TESTS ?= test_smtp_modes.py::test_mailbox_end_to_end \
-	"test_workers.py::test_tls_session_resumes_on_any_worker[tls1.3]" \
+	test_workers.py::test_client_limit_counts_all_workers \
 	test_smtp_negative.py::test_command_pipelined_behind_starttls_drops_the_connection \
 	test_access_negative.py::test_foreign_alpn_terminate_gets_no_application_protocol \
 	test_limits.py::test_max_client_connections
@@ -94,7 +94,8 @@ TSAN_TESTS ?= test_workers.py test_pooled_relay.py
 tsan:
 	$(MAKE) $(TSAN_VARS) build/tsan/sallyport
 	cd tests/integration && SALLYPORT=$(abspath build/tsan/sallyport) \
-	    TSAN_OPTIONS="halt_on_error=1 exitcode=66" $(PYTHON) -m pytest -q -ra $(TSAN_TESTS)
+	    TSAN_OPTIONS="halt_on_error=1 exitcode=66" $(PYTHON) -m pytest -q -ra $(TSAN_TESTS) \
+	    -k "not does_not_spin"
 
 # Benchmarks print numbers; they are never part of make check.
 #   make bench   installs haproxy, nginx (mail), sniproxy if missing, builds
