@@ -43,6 +43,7 @@ TEST_MODULES_test_dialogue_sieve := dialogue/smtp dialogue/imap dialogue/pop3 di
 TEST_MODULES_test_route       := route tls log
 TEST_MODULES_test_client_table := client_table
 TEST_MODULES_test_pools        := buf_pool pipe_pool
+TEST_MODULES_test_proxy_header := proxy_header
 UNIT_SRCS := $(wildcard tests/unit/test_*.c)
 UNIT_BINS := $(UNIT_SRCS:tests/unit/%.c=$(BUILD)/tests/%)
 .SECONDEXPANSION:
@@ -170,10 +171,11 @@ FUZZ_SECONDS       ?= 60
 FUZZ_SMOKE_SECONDS ?= 8
 FUZZ_CFLAGS := -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined -g -O1 \
 	$(CSTD) $(WARN) $(PKG_CFLAGS) -Isrc
-FUZZ_TARGETS := clienthello dialogue_server dialogue_backend smtp_data config
+FUZZ_TARGETS := clienthello dialogue_server dialogue_backend smtp_data config proxy_header
 FUZZ_DIALOGUE_SRCS := src/dialogue/smtp.c src/dialogue/imap.c src/dialogue/pop3.c \
 	src/dialogue/sieve.c src/dialogue/dialogue.c src/log.c
 FUZZ_SRCS_clienthello      := src/clienthello.c
+FUZZ_SRCS_proxy_header     := src/proxy_header.c
 FUZZ_SRCS_dialogue_server  := $(FUZZ_DIALOGUE_SRCS)
 FUZZ_SRCS_dialogue_backend := $(FUZZ_DIALOGUE_SRCS)
 FUZZ_SRCS_smtp_data        := src/smtp_data.c
@@ -185,6 +187,7 @@ FUZZ_MAXLEN_dialogue_server  := 4096
 FUZZ_MAXLEN_dialogue_backend := 4096
 FUZZ_MAXLEN_smtp_data        := 65536
 FUZZ_MAXLEN_config           := 4096
+FUZZ_MAXLEN_proxy_header     := 2048
 FUZZ_BINS := $(FUZZ_TARGETS:%=$(FUZZ_DIR)/fuzz_%)
 
 $(FUZZ_DIR)/fuzz_%: fuzz/fuzz_%.c $$(FUZZ_SRCS_$$*) $(wildcard src/*.h src/dialogue/*.h)
