@@ -84,6 +84,19 @@ static size_t bucket_of(const struct client_table *t, const uint8_t key[16])
     return (size_t)(h & (t->nbuckets - 1));
 }
 
+bool client_prefix_match(const struct client_prefix *prefixes, size_t n,
+                         const struct sockaddr *peer)
+{
+    uint8_t addr[16];
+    if (!full_address(peer, addr))
+        return false;
+    for (size_t i = 0; i < n; i++) {
+        if (in_prefix(addr, &prefixes[i]))
+            return true;
+    }
+    return false;
+}
+
 struct client_table *client_table_new(size_t capacity, unsigned max_per_client, unsigned rate,
                                       const struct client_prefix *exceptions, size_t nexceptions)
 {

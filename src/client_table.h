@@ -51,6 +51,11 @@ void client_table_release(struct client_table *t, int slot);
 /* Open connections counted for `peer` (for tests and logs). */
 unsigned client_table_count(const struct client_table *t, const struct sockaddr *peer);
 
+/* True if `peer` (IPv4, IPv6 or IPv4-mapped IPv6) lies in one of the
+ * prefixes. */
+bool client_prefix_match(const struct client_prefix *prefixes, size_t n,
+                         const struct sockaddr *peer);
+
 /* Parses "192.0.2.0/24", "2001:db8::/32", "::1" or "127.0.0.1" (a bare
  * address is a host prefix). Returns 0, or -1 when it is not a prefix. */
 int client_prefix_parse(const char *text, struct client_prefix *out);

@@ -98,6 +98,13 @@ static void finish_listener(struct config_loader *ld, struct config_record *rec)
             }
         }
     }
+    if (l->proxy_protocol && l->nproxy_trusted == 0)
+        config_report(ld, config_key_line(rec, "proxy_protocol"), "proxy_protocol",
+                      "proxy_protocol = yes needs proxy_trusted: the addresses of the load "
+                      "balancers that may send PROXY headers");
+    if (!l->proxy_protocol && l->nproxy_trusted > 0)
+        config_report(ld, config_key_line(rec, "proxy_trusted"), "proxy_trusted",
+                      "proxy_trusted has no effect without proxy_protocol = yes");
     if (l->mode == MODE_TERMINATE && cfg->ncertificates == 0)
         config_report(
             ld, config_key_line(rec, "mode"), config_key_set(rec, "mode") ? "mode" : rec->label,

@@ -69,6 +69,11 @@ struct cfg_listener {
     struct sock_addr addr; /* resolved */
     enum listen_mode mode; /* mode = terminate */
     char *hostname;        /* hostname = the machine's host name */
+    /* proxy_protocol = no: yes requires a PROXY header (v1 or v2) first on
+     * every connection, from an address in proxy_trusted only. */
+    bool proxy_protocol;
+    struct client_prefix proxy_trusted[CONFIG_MAX_PREFIXES];
+    size_t nproxy_trusted;
 };
 
 /* Where one service of a backend lives. */

@@ -110,6 +110,24 @@ static bool key_prefixes(void *field, const char *text, const struct key_use *us
                           CONFIG_MAX_PREFIXES, &global->limit_exceptions_none, err, errlen);
 }
 
+static bool key_proxy_trusted(void *field, const char *text, const struct key_use *use, char *err,
+                              size_t errlen)
+{
+    struct cfg_listener *listener = field;
+    bool none = false;
+    (void)use;
+    if (!value_prefixes(text, listener->proxy_trusted, &listener->nproxy_trusted,
+                        CONFIG_MAX_PREFIXES, &none, err, errlen))
+        return false;
+    if (none) {
+        snprintf(err, errlen,
+                 "'none' would trust nobody: list the addresses of the load "
+                 "balancers in front of sallyport");
+        return false;
+    }
+    return true;
+}
+
 static bool key_sni(void *field, const char *text, const struct key_use *use, char *err,
                     size_t errlen)
 {
@@ -142,6 +160,8 @@ static const struct key_def keys[] = {
     {K_LISTENER, "address", key_string, OFF(cfg_listener, address), 0},
     {K_LISTENER, "mode", key_mode, OFF(cfg_listener, mode), KEY_CORE},
     {K_LISTENER, "hostname", key_hostname, OFF(cfg_listener, hostname), 0},
+    {K_LISTENER, "proxy_protocol", key_bool, OFF(cfg_listener, proxy_protocol), 0},
+    {K_LISTENER, "proxy_trusted", key_proxy_trusted, 0, KEY_LIST},
     {K_BACKEND, "host", key_host, 0, KEY_CORE},
     {K_BACKEND, "ca", key_readable, OFF(cfg_backend, ca), 0},
     {K_BACKEND, "verify", key_bool, OFF(cfg_backend, verify), 0},

@@ -25,6 +25,7 @@
 #include "dialogue/dialogue.h"
 #include "listener.h"
 #include "log.h"
+#include "proxy_header.h"
 #include "relay.h"
 #include "route.h"
 #include "server.h"
@@ -49,6 +50,7 @@
 #define REFUSALS_LOGGED_PER_SECOND 20
 
 enum session_state {
+    SESSION_PROXY_HEADER,      /* proxy_protocol listener: the load balancer's header first */
     SESSION_CLEARTEXT,         /* starttls listener: cleartext commands until STARTTLS */
     SESSION_CLIENTHELLO,       /* passthrough: collecting the ClientHello to learn the SNI */
     SESSION_CLIENT_HANDSHAKE,  /* terminate: TLS handshake with the client */
@@ -62,6 +64,7 @@ enum session_state {
 };
 
 static const char *const state_names[] = {
+    [SESSION_PROXY_HEADER] = "proxy-header",
     [SESSION_CLEARTEXT] = "cleartext",
     [SESSION_CLIENTHELLO] = "clienthello",
     [SESSION_CLIENT_HANDSHAKE] = "client-handshake",
@@ -137,6 +140,8 @@ struct session {
 };
 
 static void session_update(struct session *s);
+static const char *refusal_reason(enum client_verdict verdict);
+static void on_proxy_header_io(struct session *s);
 static void session_close(struct session *s, enum log_level level, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 static void connect_backend(struct session *s);
@@ -213,6 +218,9 @@ static void on_timer(struct ev_loop *loop, ev_timer *w, int revents)
     (void)loop, (void)revents;
     struct session *s = w->data;
     switch (s->state) {
+    case SESSION_PROXY_HEADER:
+        session_close(s, LOG_LEVEL_INFO, "PROXY header timeout");
+        break;
     case SESSION_CLEARTEXT:
         if (!held(s, &s->down))
             break;
@@ -879,6 +887,9 @@ static void on_lingering_io(struct session *s)
 static void session_advance(struct session *s, int client_revents, int backend_revents)
 {
     switch (s->state) {
+    case SESSION_PROXY_HEADER:
+        on_proxy_header_io(s);
+        break;
     case SESSION_CLEARTEXT:
         on_cleartext_io(s, client_revents);
         break;
@@ -933,6 +944,9 @@ static void wanted_events(const struct session *s, int *client, int *backend)
 {
     *client = *backend = 0;
     switch (s->state) {
+    case SESSION_PROXY_HEADER:
+        *client = EV_READ;
+        break;
     case SESSION_CLEARTEXT:
         if (buf_slot_len(s->down) > 0)
             *client |= EV_WRITE;
@@ -1046,20 +1060,172 @@ static void refuse_client(struct listener *listener, int fd, const struct sockad
     log_warn("session listener=%s client=%s worker=%u sni=- route=- backend=- backend_addr=- "
              "mode=%s tls=- cipher=- bytes_in=0 bytes_out=0 duration=0.000s close=\"%s\"",
              cfg->name, addr, worker->id, cfg->mode == MODE_TERMINATE ? "terminate" : "passthrough",
-             verdict == CLIENT_TOO_MANY ? "refused: max_client_connections reached"
-                                        : "refused: client_connection_rate exceeded");
+             refusal_reason(verdict));
+}
+
+/* Why a client over its address's limits was turned away. */
+static const char *refusal_reason(enum client_verdict verdict)
+{
+    return verdict == CLIENT_TOO_MANY ? "refused: max_client_connections reached"
+                                      : "refused: client_connection_rate exceeded";
+}
+
+/* The session's client is known (the peer, or the client a PROXY header
+ * named) and admitted: greet it, or wait for its TLS. */
+static void enter(struct session *s, enum session_state next, bool first)
+{
+    if (first)
+        s->state = next; /* the initial state: nothing to log */
+    else
+        session_enter(s, next);
+}
+
+static void session_begin(struct session *s, bool first)
+{
+    const struct cfg_global *global = &s->server->config->global;
+    if (s->service->tls == TLS_STARTTLS) {
+        dialogue_server_init(&s->ds, s->listener->hostname, global->max_errors);
+        if (!held(s, &s->down))
+            return;
+        s->dialogue->greet(&s->ds, s->down);
+        s->client_greeted = true;
+        enter(s, SESSION_CLEARTEXT, first);
+        arm_timer(s, global->plaintext_timeout);
+    } else {
+        enter(s,
+              s->listener->mode == MODE_PASSTHROUGH ? SESSION_CLIENTHELLO
+                                                    : SESSION_CLIENT_HANDSHAKE,
+              first);
+        arm_timer(s, global->handshake_timeout);
+    }
+}
+
+/* How many more bytes surely belong to a PROXY header whose first `len`
+ * bytes are in `data`, so that reading them never takes a byte of what
+ * follows (a ClientHello, say, that OpenSSL must read itself). 0 means the
+ * end is not known yet: a v1 line ends at its LF. */
+static size_t proxy_bytes_wanted(const uint8_t *data, size_t len)
+{
+    if (len == 0)
+        return 1;
+    if (data[0] != '\r') /* v1 (or no header at all, which the parser refuses) */
+        return 0;
+    if (len < PROXY_V2_FIXED)
+        return PROXY_V2_FIXED - len;
+    size_t total = PROXY_V2_FIXED + ((size_t)data[14] << 8 | data[15]);
+    return total > len ? total - len : 0;
+}
+
+/* Reads more of the PROXY header into `head`, never past its end. Returns
+ * the bytes read, or a conn_result. */
+static ssize_t read_proxy_header(int fd, struct buf *head)
+{
+    size_t want = proxy_bytes_wanted(head->data, head->len);
+    ssize_t n;
+    if (want == 0) {
+        /* v1: up to its LF, or everything there is (all of it header). The
+         * parser refuses a line without LF within PROXY_V1_MAX bytes. */
+        uint8_t peek[PROXY_V1_MAX];
+        n = recv(fd, peek, PROXY_V1_MAX - head->len, MSG_PEEK);
+        if (n > 0) {
+            const uint8_t *lf = memchr(peek, '\n', (size_t)n);
+            want = lf ? (size_t)(lf - peek) + 1 : (size_t)n;
+        }
+    }
+    if (want > 0)
+        n = recv(fd, head->data + head->len, want, 0);
+    if (n > 0) {
+        head->len += (size_t)n;
+        return n;
+    }
+    if (n == 0)
+        return CONN_EOF;
+    return errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR ? CONN_WANT_READ : CONN_ERROR;
+}
+
+/* A load balancer's PROXY header comes before anything else. Once it is
+ * whole, the client it names (or, for LOCAL, the balancer itself) is the
+ * session's client from here on: the limits, the log line and the backend
+ * see that address. */
+static void on_proxy_header_io(struct session *s)
+{
+    struct buf *head = held(s, &s->up);
+    if (!head)
+        return;
+    struct proxy_header header;
+    const char *why = NULL;
+    for (;;) {
+        enum proxy_parse_result r = proxy_header_parse(head->data, head->len, &header, &why);
+        if (r == PROXY_PARSE_OK)
+            break;
+        if (r == PROXY_PARSE_BAD) {
+            /* No reply (the protocol has not begun), but a FIN, not a reset. */
+            snprintf(s->close_reason, sizeof s->close_reason, "bad PROXY header: %s", why);
+            s->close_level = LOG_LEVEL_WARN;
+            begin_lingering(s);
+            return;
+        }
+        ssize_t n = read_proxy_header(s->client.fd, head);
+        if (n == CONN_WANT_READ)
+            return;
+        if (n < 0) {
+            session_close(s, LOG_LEVEL_INFO, "client closed before its PROXY header");
+            return;
+        }
+    }
+    head->len = 0; /* all of it was header */
+    if (header.has_addresses) {
+        char via[64];
+        sock_addr_format(&s->peer.sa, via, sizeof via);
+        memcpy(&s->peer, &header.src,
+               header.src.ss_family == AF_INET6 ? sizeof s->peer.in6 : sizeof s->peer.in);
+        if (log_get_level() <= LOG_LEVEL_DEBUG) {
+            char client[64];
+            log_debug("session %s: PROXY v%d header from %s",
+                      sock_addr_format(&s->peer.sa, client, sizeof client), header.version, via);
+        }
+    }
+    enum client_verdict verdict = server_admit_client(s->server, &s->peer.sa, &s->client_slot);
+    if (verdict == CLIENT_ADMITTED) {
+        session_begin(s, false);
+        return;
+    }
+    s->client_slot = -1;
+    if (s->service->tls != TLS_STARTTLS || !held(s, &s->down)) {
+        session_close(s, LOG_LEVEL_WARN, "%s", refusal_reason(verdict));
+        return;
+    }
+    s->dialogue->busy_reply(s->listener->hostname, s->down);
+    snprintf(s->close_reason, sizeof s->close_reason, "%s", refusal_reason(verdict));
+    s->close_level = LOG_LEVEL_WARN;
+    session_enter(s, SESSION_DRAINING);
+    arm_timer(s, DRAIN_TIMEOUT);
 }
 
 void session_start(struct listener *listener, int fd, const struct sockaddr *peer)
 {
     struct worker *worker = listener->worker;
     struct server *server = worker->server;
-    int slot;
-    enum client_verdict verdict = server_admit_client(server, peer, &slot);
-    if (verdict != CLIENT_ADMITTED) {
-        refuse_client(listener, fd, peer, verdict);
-        server_release_session(server);
-        return;
+    const struct cfg_listener *cfg = listener->cfg;
+    int slot = -1;
+    if (cfg->proxy_protocol) {
+        /* Only a trusted balancer may say who the client is; the client's
+         * own limits apply once its header has said so. */
+        if (!client_prefix_match(cfg->proxy_trusted, cfg->nproxy_trusted, peer)) {
+            char addr[64];
+            log_warn("listener %s: connection from %s, which is not in proxy_trusted: closed",
+                     cfg->name, sock_addr_format(peer, addr, sizeof addr));
+            close(fd);
+            server_release_session(server);
+            return;
+        }
+    } else {
+        enum client_verdict verdict = server_admit_client(server, peer, &slot);
+        if (verdict != CLIENT_ADMITTED) {
+            refuse_client(listener, fd, peer, verdict);
+            server_release_session(server);
+            return;
+        }
     }
     struct session *s = calloc(1, sizeof *s);
     if (!s) {
@@ -1073,8 +1239,8 @@ void session_start(struct listener *listener, int fd, const struct sockaddr *pee
     s->client_slot = slot;
     s->worker = worker;
     s->server = server;
-    s->listener = listener->cfg;
-    s->service = service_info(listener->cfg->service);
+    s->listener = cfg;
+    s->service = service_info(cfg->service);
     s->dialogue = dialogue_for(s->service->proto);
     s->started = ev_now(worker->loop);
     s->close_level = LOG_LEVEL_INFO;
@@ -1092,20 +1258,11 @@ void session_start(struct listener *listener, int fd, const struct sockaddr *pee
     worker->sessions = s;
     worker->nsessions++;
 
-    if (s->service->tls == TLS_STARTTLS) {
-        dialogue_server_init(&s->ds, listener->cfg->hostname, server->config->global.max_errors);
-        if (!held(s, &s->down)) {
-            session_update(s);
-            return;
-        }
-        s->dialogue->greet(&s->ds, s->down);
-        s->client_greeted = true;
-        s->state = SESSION_CLEARTEXT; /* the initial state: nothing to log */
-        arm_timer(s, server->config->global.plaintext_timeout);
-    } else {
-        s->state = listener->cfg->mode == MODE_PASSTHROUGH ? SESSION_CLIENTHELLO
-                                                           : SESSION_CLIENT_HANDSHAKE;
+    if (cfg->proxy_protocol) {
+        s->state = SESSION_PROXY_HEADER; /* the initial state: nothing to log */
         arm_timer(s, server->config->global.handshake_timeout);
+    } else {
+        session_begin(s, true);
     }
     session_update(s);
 }

@@ -328,6 +328,45 @@ static void test_workers(void **state)
                   "cfg:2: workers: bad worker count 'all' (expected auto, or 1 to 64)\n", 1);
 }
 
+static void test_proxy_protocol_keys(void **state)
+{
+    (void)state;
+    struct result r = load("[listener submissions]\n"
+                           "mode = passthrough\n"
+                           "proxy_protocol = yes\n"
+                           "proxy_trusted = 10.0.0.0/8\n"
+                           "  2001:db8::/32\n"
+                           "[backend mx1]\nhost = 10.0.0.5\n[route r]\nsni = *\nbackend = mx1\n");
+    assert_string_equal(r.errors, "");
+    const struct cfg_listener *l = &r.cfg->listeners[0];
+    assert_true(l->proxy_protocol);
+    assert_int_equal(l->nproxy_trusted, 2);
+    assert_int_equal(l->proxy_trusted[0].bits, 96 + 8);
+    assert_int_equal(l->proxy_trusted[1].bits, 32);
+    done(&r);
+    r = load(BASE);
+    assert_false(r.cfg->listeners[0].proxy_protocol); /* off unless asked */
+    done(&r);
+    expect_errors("[listener submissions]\nmode = passthrough\nproxy_protocol = yes\n"
+                  "[backend mx1]\nhost = 10.0.0.5\n[route r]\nsni = *\nbackend = mx1\n",
+                  "cfg:3: proxy_protocol: proxy_protocol = yes needs proxy_trusted: the "
+                  "addresses of the load balancers that may send PROXY headers\n",
+                  1);
+    expect_errors("[listener submissions]\nmode = passthrough\nproxy_trusted = 10.0.0.1\n"
+                  "[backend mx1]\nhost = 10.0.0.5\n[route r]\nsni = *\nbackend = mx1\n",
+                  "cfg:3: proxy_trusted: proxy_trusted has no effect without "
+                  "proxy_protocol = yes\n",
+                  1);
+    expect_errors("[listener submissions]\nmode = passthrough\nproxy_protocol = yes\n"
+                  "proxy_trusted = none\n"
+                  "[backend mx1]\nhost = 10.0.0.5\n[route r]\nsni = *\nbackend = mx1\n",
+                  "cfg:4: proxy_trusted: 'none' would trust nobody: list the addresses of the "
+                  "load balancers in front of sallyport\n"
+                  "cfg:3: proxy_protocol: proxy_protocol = yes needs proxy_trusted: the "
+                  "addresses of the load balancers that may send PROXY headers\n",
+                  2);
+}
+
 static void test_global_values(void **state)
 {
     (void)state;
@@ -1081,6 +1120,7 @@ int main(void)
         cmocka_unit_test(test_global_defaults),
         cmocka_unit_test(test_global_values),
         cmocka_unit_test(test_workers),
+        cmocka_unit_test(test_proxy_protocol_keys),
         cmocka_unit_test(test_backend_overrides),
         cmocka_unit_test(test_backend_ipv6_host),
         cmocka_unit_test(test_mailbox_as_backend),

@@ -1,0 +1,324 @@
+"""The PROXY protocol from a load balancer in front of sallyport: a listener
+with `proxy_protocol = yes` requires a PROXY header (v1 or v2) before
+anything else, from an address in `proxy_trusted` only. From then on the
+client the header names is the client: in the log line and for the
+per-client limits. A missing, malformed, oversized or untrusted header
+closes the connection with a log line; its bytes are never read as protocol
+data or as a ClientHello, and the bytes after a good header (a ClientHello
+sent in the same write) reach TLS untouched.
+
+Tested with hand-made headers (good and hostile ones) and with HAProxy in
+front (send-proxy-v2 and send-proxy)."""
+import shutil
+import socket
+import ssl
+import struct
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import free_port, wait_for
+from fakebackend import client_hello
+from smtp_helpers import (
+    IMPLICIT_PASSTHROUGH, IMPLICIT_TERMINATE, SENDER, assert_mailbox_stored,
+    certificate_section, issue, log_fields, make_message, mailbox_section, marker,
+    route_section, session_lines, standard_body, wait_maildir)
+from test_limits import connect, first_bytes, refused_with
+
+HOSTNAME = "gw.test"
+SNI = "mail.proxy.test"
+V2_SIGNATURE = b"\r\n\r\n\x00\r\nQUIT\n"
+BUSY = b"421 4.7.0 gw.test Too many connections from your address"
+
+
+def v2_header(src, sport, dst, dport, command=0x21, tlvs=b""):
+    """A v2 header for TCP over IPv4 or IPv6 (by the addresses' form)."""
+    family = socket.AF_INET6 if ":" in src else socket.AF_INET
+    addresses = (socket.inet_pton(family, src) + socket.inet_pton(family, dst)
+                 + struct.pack("!HH", sport, dport))
+    fam = 0x21 if family == socket.AF_INET6 else 0x11
+    body = addresses + tlvs
+    return V2_SIGNATURE + bytes([command, fam]) + struct.pack("!H", len(body)) + body
+
+
+def listener_config(port, service="submission", mode="passthrough", trusted="127.0.0.1",
+                    extra_global="", extra_listener="", backend_port=None, cert=None):
+    text = f"[global]\nlog_level = debug\n{extra_global}"
+    if cert:
+        text += certificate_section("gw", *cert)
+    text += (f"[listener l]\nservice = {service}\naddress = 127.0.0.1:{port}\nmode = {mode}\n"
+             f"hostname = {HOSTNAME}\nproxy_protocol = yes\nproxy_trusted = {trusted}\n"
+             f"{extra_listener}\n")
+    if backend_port is None:
+        text += "[backend b]\nhost = 127.0.0.1\n[route r]\nsni = *\nbackend = b\n"
+    return text
+
+
+def lines_for(sp, needle):
+    return [log_fields(l) for l in session_lines(sp.log()) if needle in l]
+
+
+@pytest.fixture
+def cleartext_gw(sallyport):
+    """A STARTTLS listener behind a balancer: a good header gets a greeting."""
+    def start(**kw):
+        port = free_port()
+        return sallyport(listener_config(port, **kw)), port
+    return start
+
+
+# ---- good headers -----------------------------------------------------------------
+
+GOOD = {
+    "v1-tcp4": lambda: b"PROXY TCP4 203.0.113.9 127.0.0.1 4711 587\r\n",
+    "v1-tcp6": lambda: b"PROXY TCP6 2001:db8::9 2001:db8::1 4712 587\r\n",
+    "v2-tcp4": lambda: v2_header("203.0.113.9", 4713, "127.0.0.1", 587),
+    "v2-tcp6": lambda: v2_header("2001:db8::9", 4714, "2001:db8::1", 587,
+                                 tlvs=b"\x04\x00\x03abc"),  # a NOOP TLV
+}
+CLIENTS = {"v1-tcp4": "203.0.113.9:4711", "v1-tcp6": "[2001:db8::9]:4712",
+           "v2-tcp4": "203.0.113.9:4713", "v2-tcp6": "[2001:db8::9]:4714"}
+
+
+@pytest.mark.parametrize("kind", list(GOOD))
+def test_header_names_the_client(cleartext_gw, kind):
+    sp, port = cleartext_gw()
+    with connect(port) as s:
+        s.sendall(GOOD[kind]())
+        assert first_bytes(s).startswith(b"220 gw.test ")
+        s.sendall(b"QUIT\r\n")
+        assert first_bytes(s).startswith(b"221 ")
+    (f,) = wait_for(lambda: lines_for(sp, f"client={CLIENTS[kind]} "), what="the session line")
+    assert f["close"] == "client quit in cleartext", f
+
+
+@pytest.mark.parametrize("version", ["v1", "v2"])
+def test_local_and_unknown_keep_the_balancer_as_client(cleartext_gw, version):
+    """A health check (v2 LOCAL, v1 UNKNOWN) names no client: the balancer is."""
+    sp, port = cleartext_gw()
+    header = (v2_header("0.0.0.0", 0, "0.0.0.0", 0, command=0x20) if version == "v2"
+              else b"PROXY UNKNOWN\r\n")
+    with connect(port) as s:
+        s.sendall(header)
+        assert first_bytes(s).startswith(b"220 ")
+        own = s.getsockname()[1]
+    wait_for(lambda: lines_for(sp, f"client=127.0.0.1:{own} "), what="the session line")
+
+
+def test_header_split_into_single_bytes(cleartext_gw):
+    sp, port = cleartext_gw()
+    header = v2_header("198.51.100.4", 999, "127.0.0.1", 587)
+    with connect(port) as s:
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        for i in range(len(header)):
+            s.sendall(header[i:i + 1])
+            time.sleep(0.002)
+        assert first_bytes(s).startswith(b"220 ")
+    wait_for(lambda: lines_for(sp, "client=198.51.100.4:999 "), what="the session line")
+
+
+# ---- hostile headers: closed, logged, never read as protocol data --------------------
+
+HOSTILE = {
+    "no-header": (b"EHLO client.test\r\n", "no PROXY header"),
+    "bad-signature": (V2_SIGNATURE[:11] + b"\x0b\x21\x11\x00\x0c" + bytes(12),
+                      "no PROXY header"),
+    "v2-length-beyond-limit": (V2_SIGNATURE + b"\x21\x11\xff\xff", "longer than"),
+    "v2-tlv-overruns": (v2_header("203.0.113.9", 1, "127.0.0.1", 2, tlvs=b"\x02\x00\x09ab"),
+                        "TLV that overruns"),
+    "v2-udp": (V2_SIGNATURE + b"\x21\x12\x00\x0c" + bytes(12), "transport other than TCP"),
+    "v1-no-crlf-in-107": (b"PROXY TCP4 " + b"1" * 120, "without CRLF within 107 bytes"),
+    "v1-bad-address": (b"PROXY TCP4 2001:db8::1 127.0.0.1 1 2\r\n", "address"),
+    "v1-lf-without-cr": (b"PROXY TCP4 203.0.113.9 127.0.0.1 1 2\n", "CRLF"),
+}
+
+
+@pytest.mark.parametrize("kind", list(HOSTILE))
+def test_hostile_header_closes_without_a_word(cleartext_gw, kind):
+    data, reason = HOSTILE[kind]
+    sp, port = cleartext_gw()
+    with connect(port) as s:
+        s.sendall(data)
+        assert s.recv(4096) == b"", "sallyport answered a connection with a bad header"
+    line = wait_for(lambda: [l for l in session_lines(sp.log()) if "bad PROXY header" in l],
+                    what="the session line")[0]
+    assert reason in line, line
+    assert "sallyport[warn]" in line, line
+
+
+def test_missing_header_times_out(cleartext_gw):
+    """A client that waits for the greeting (server-first protocols) gets
+    nothing: there is no greeting before the header."""
+    sp, port = cleartext_gw(extra_global="handshake_timeout = 1\n")
+    with connect(port) as s:
+        assert s.recv(4096) == b""
+    wait_for(lambda: lines_for(sp, 'close="PROXY header timeout"'), what="the session line")
+
+
+def test_untrusted_source_is_closed(cleartext_gw):
+    """Closed at accept, before a byte is read (a reset, as its header is unread)."""
+    sp, port = cleartext_gw(trusted="127.0.0.2")
+    with connect(port) as s:
+        s.sendall(GOOD["v2-tcp4"]())
+        try:
+            assert s.recv(4096) == b""
+        except ConnectionResetError:
+            pass
+    sp.wait_log("which is not in proxy_trusted: closed")
+
+
+# ---- the client's limits use the header's address -------------------------------------
+
+def test_client_limits_count_the_named_client(cleartext_gw):
+    """All connections come from the balancer; each client is counted by the
+    address its header names."""
+    sp, port = cleartext_gw(extra_global="max_client_connections = 1\n"
+                                         "client_connection_rate = 0\n"
+                                         "client_limit_exceptions = none\n")
+    a = v2_header("203.0.113.20", 1000, "127.0.0.1", 587)
+    a2 = v2_header("203.0.113.20", 1001, "127.0.0.1", 587)
+    b = v2_header("203.0.113.21", 1000, "127.0.0.1", 587)
+    with connect(port) as first:
+        first.sendall(a)
+        assert first_bytes(first).startswith(b"220 ")
+        with connect(port) as same_client:
+            same_client.sendall(a2)
+            refused_with(same_client, BUSY)
+        with connect(port) as other_client:
+            other_client.sendall(b)
+            assert first_bytes(other_client).startswith(b"220 ")
+    wait_for(lambda: lines_for(sp, 'client=203.0.113.20:1001 '), what="the refusal line")
+    (f,) = lines_for(sp, 'client=203.0.113.20:1001 ')
+    assert f["close"] == "refused: max_client_connections reached", f
+
+
+# ---- TLS after the header: nothing of the ClientHello is lost ---------------------------
+
+def tls_gateway(sallyport, tmp_path, ca, way):
+    """An implicit-TLS listener behind a balancer, to an embedded mailbox."""
+    port, mport = free_port(), free_port()
+    cert, key = issue(ca, SNI)
+    maildir = tmp_path / "Maildir"
+    text = listener_config(port, service="submissions", mode=way.mode, backend_port=mport,
+                           cert=(cert, key) if not way.passthrough else None)
+    text += mailbox_section("box", mport, maildir, tls="implicit" if way.passthrough else "plain",
+                            cert=cert, key=key)
+    text += route_section("r", SNI, "box")
+    return sallyport(text), port, maildir
+
+
+@pytest.mark.parametrize("way", [IMPLICIT_TERMINATE, IMPLICIT_PASSTHROUGH], ids=lambda w: w.id)
+def test_clienthello_in_the_same_write_as_the_header(sallyport, tmp_path, ca, way):
+    """A balancer sends the header and the client's first bytes together:
+    the ClientHello must reach TLS whole (a ServerHello comes back)."""
+    sp, port, _ = tls_gateway(sallyport, tmp_path, ca, way)
+    with connect(port) as s:
+        s.sendall(v2_header("203.0.113.30", 3000, "127.0.0.1", 465) + client_hello(SNI))
+        record = s.recv(5)
+        assert record[:1] == b"\x16", record  # a handshake record: the ServerHello
+    sp.wait_log("client=203.0.113.30:3000 ")
+
+
+@pytest.mark.parametrize("way", [IMPLICIT_TERMINATE, IMPLICIT_PASSTHROUGH], ids=lambda w: w.id)
+def test_mail_through_a_header_then_tls(sallyport, tmp_path, ca, way):
+    sp, port, maildir = tls_gateway(sallyport, tmp_path, ca, way)
+    ctx = ssl.create_default_context(cafile=str(ca.cert))
+    raw = connect(port)
+    raw.sendall(v2_header("203.0.113.31", 3100, "127.0.0.1", 465))
+    mark = marker()
+    message = make_message(mark, standard_body(mark), "bob@proxy.test")
+    with ctx.wrap_socket(raw, server_hostname=SNI) as s:
+        import smtplib
+        smtp = smtplib.SMTP()
+        smtp.sock = s
+        smtp.file = None
+        assert smtp.getreply()[0] == 220
+        smtp.ehlo("client.test")
+        assert not smtp.sendmail(SENDER, ["bob@proxy.test"], message)
+        smtp.quit()
+    (stored,) = wait_maildir(maildir)
+    assert_mailbox_stored(stored, message)
+    sp.wait_log("client=203.0.113.31:3100 ")
+
+
+# ---- HAProxy in front -----------------------------------------------------------------
+
+@pytest.fixture
+def haproxy(tmp_path):
+    """haproxy(listen_port, server_port, send_proxy): HAProxy in TCP mode in
+    front of sallyport, sending a PROXY header on every connection."""
+    binary = shutil.which("haproxy") or "/usr/sbin/haproxy"
+    started = []
+
+    def start(listen_port, server_port, send_proxy):
+        cfg = tmp_path / f"haproxy-{listen_port}.cfg"
+        cfg.write_text(f"""global
+    log stderr format short local0 info
+defaults
+    mode tcp
+    timeout connect 5s
+    timeout client 30s
+    timeout server 30s
+frontend f
+    bind 127.0.0.1:{listen_port}
+    default_backend b
+backend b
+    server s 127.0.0.1:{server_port} {send_proxy}
+""")
+        log = open(tmp_path / f"haproxy-{listen_port}.log", "wb")
+        proc = subprocess.Popen([binary, "-f", str(cfg), "-db"], stdout=log,
+                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        started.append((proc, log))
+
+        def listening():
+            if proc.poll() is not None:
+                raise AssertionError(f"haproxy exited with {proc.returncode}: "
+                                     f"{Path(log.name).read_text()}")
+            try:
+                socket.create_connection(("127.0.0.1", listen_port), timeout=1).close()
+                return True
+            except OSError:
+                return False
+        wait_for(listening, what="haproxy listening")
+
+    yield start
+    for proc, log in started:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+        log.close()
+
+
+@pytest.mark.parametrize("send_proxy", ["send-proxy-v2", "send-proxy"])
+def test_haproxy_in_front(sallyport, haproxy, tmp_path, ca, send_proxy):
+    """A client on 127.0.0.2 sends mail through HAProxy and sallyport (passing
+    TLS through to the mailbox): sallyport logs the client's own address,
+    not HAProxy's."""
+    sp, port, maildir = tls_gateway(sallyport, tmp_path, ca, IMPLICIT_PASSTHROUGH)
+    front = free_port()
+    haproxy(front, port, send_proxy)
+    ctx = ssl.create_default_context(cafile=str(ca.cert))
+    raw = socket.create_connection(("127.0.0.1", front), timeout=30,
+                                   source_address=("127.0.0.2", 0))
+    client_port = raw.getsockname()[1]
+    mark = marker()
+    message = make_message(mark, standard_body(mark), "bob@proxy.test")
+    with ctx.wrap_socket(raw, server_hostname=SNI) as s:
+        import smtplib
+        smtp = smtplib.SMTP()
+        smtp.sock = s
+        smtp.file = None
+        assert smtp.getreply()[0] == 220
+        smtp.ehlo("client.test")
+        assert not smtp.sendmail(SENDER, ["bob@proxy.test"], message)
+        smtp.quit()
+    (stored,) = wait_maildir(maildir)
+    assert_mailbox_stored(stored, message)
+    (f,) = wait_for(lambda: lines_for(sp, f"client=127.0.0.2:{client_port} "),
+                    what="the session line with the client's own address")
+    assert f["sni"] == SNI, f
