@@ -997,7 +997,7 @@ static void test_many_errors(void **state)
                   "cfg:2: idle_timeout: bad duration 'soon' (expected a positive number of "
                   "seconds, or a number with s, m or h: 30s, 5m, 1h)\n"
                   "cfg:5: colour: unknown key in [listener submissions] (expected service, "
-                  "address, mode or hostname)\n"
+                  "address, mode, hostname, proxy_protocol or proxy_trusted)\n"
                   "cfg:13: backend: listener 'submissions' passes TLS through, so backend 'mx1' "
                   "must speak implicit TLS for submissions, but 127.0.0.1:2525 is plain (the "
                   "client would wait for a TLS handshake that never comes)\n"
