@@ -5,7 +5,8 @@
  *   [certificate NAME]       cert, key, default
  *   [listener NAME]          service (default: NAME when it is a service word),
  *                            address, mode, hostname
- *   [backend NAME]           host, one key per service word, ca, verify, tls_name
+ *   [backend NAME]           host, one key per service word, ca, verify, tls_name,
+ *                            proxy_protocol
  *   [route NAME]             sni, backend
  *   [mailbox NAME]           address, tls, cert, key, maildir, users, hostname,
  *                            max_message_size; also usable as "backend = NAME"
@@ -27,6 +28,10 @@
 #include "sock.h"
 
 enum listen_mode { MODE_TERMINATE, MODE_PASSTHROUGH };
+
+/* What a backend is sent first on every connection: nothing, or a PROXY
+ * protocol header naming the client. */
+enum proxy_version { PROXY_NONE, PROXY_V1, PROXY_V2 };
 
 #define CONFIG_MAX_PREFIXES 32
 /* Event loops (threads) at most: workers = 1..WORKERS_MAX, or auto. */
@@ -104,9 +109,10 @@ struct cfg_backend {
     char *name;
     int line;
     struct endpoint endpoints[SERVICE_COUNT];
-    char *ca;       /* ca = (system store) */
-    bool verify;    /* verify = yes */
-    char *tls_name; /* tls_name = (the endpoint's host) */
+    char *ca;                          /* ca = (system store) */
+    bool verify;                       /* verify = yes */
+    char *tls_name;                    /* tls_name = (the endpoint's host) */
+    enum proxy_version proxy_protocol; /* proxy_protocol = no */
     /* Non-NULL when this backend is an embedded mailbox ([mailbox NAME] makes
      * one backend of the same name, every SMTP service at its address). */
     const struct cfg_mailbox *mailbox;

@@ -54,6 +54,7 @@ VALUE_KEY(size, size_t)
 VALUE_KEY(count, unsigned)
 VALUE_KEY(limit, unsigned)
 VALUE_KEY(workers, unsigned)
+VALUE_KEY(proxy_version, enum proxy_version)
 VALUE_KEY(bool, bool)
 VALUE_KEY(mode, enum listen_mode)
 VALUE_KEY(service, enum service)
@@ -166,6 +167,7 @@ static const struct key_def keys[] = {
     {K_BACKEND, "ca", key_readable, OFF(cfg_backend, ca), 0},
     {K_BACKEND, "verify", key_bool, OFF(cfg_backend, verify), 0},
     {K_BACKEND, "tls_name", key_string, OFF(cfg_backend, tls_name), 0},
+    {K_BACKEND, "proxy_protocol", key_proxy_version, OFF(cfg_backend, proxy_protocol), 0},
     {K_BACKEND, NULL, key_endpoint, OFF(cfg_backend, endpoints), KEY_CORE},
     {K_ROUTE, "sni", key_sni, 0, KEY_REQUIRED | KEY_LIST},
     {K_ROUTE, "backend", key_string, OFF(config_record, backend_ref), KEY_REQUIRED | KEY_RECORD},

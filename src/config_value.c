@@ -108,6 +108,22 @@ bool value_workers(const char *text, unsigned *out, char *err, size_t errlen)
     return true;
 }
 
+bool value_proxy_version(const char *text, enum proxy_version *out, char *err, size_t errlen)
+{
+    static const struct {
+        const char *word;
+        enum proxy_version version;
+    } words[] = {{"v1", PROXY_V1}, {"v2", PROXY_V2}, {"no", PROXY_NONE}};
+    for (size_t i = 0; i < sizeof words / sizeof words[0]; i++) {
+        if (strcmp(text, words[i].word) == 0) {
+            *out = words[i].version;
+            return true;
+        }
+    }
+    snprintf(err, errlen, "unknown PROXY protocol version '%s' (expected v1, v2 or no)", text);
+    return false;
+}
+
 bool value_limit(const char *text, unsigned *out, char *err, size_t errlen)
 {
     if (text[0] == '0' && strspn(text, "0") == strlen(text)) {

@@ -29,6 +29,9 @@ bool value_limit(const char *text, unsigned *out, char *err, size_t errlen);
  * event loops from 1 to WORKERS_MAX. */
 bool value_workers(const char *text, unsigned *out, char *err, size_t errlen);
 
+/* v1 | v2 | no: the PROXY header a backend is sent. */
+bool value_proxy_version(const char *text, enum proxy_version *out, char *err, size_t errlen);
+
 /* yes/no, true/false, on/off, 1/0, in any case. */
 bool value_bool(const char *text, bool *out, char *err, size_t errlen);
 

@@ -128,11 +128,9 @@ struct session {
 
     uint64_t bytes_in, bytes_out;
     ev_tstamp started;
-    union {
-        struct sockaddr sa;
-        struct sockaddr_in in;
-        struct sockaddr_in6 in6;
-    } peer; /* the client's address (formatted only for logs) */
+    union sock_any peer;  /* the client (as a PROXY header named it, if any) */
+    union sock_any local; /* the address it reached, when a PROXY header named it */
+    bool has_local;
     char close_reason[200];
     enum log_level close_level;
 
@@ -142,6 +140,7 @@ struct session {
 static void session_update(struct session *s);
 static const char *refusal_reason(enum client_verdict verdict);
 static void on_proxy_header_io(struct session *s);
+static bool send_proxy_header(struct session *s);
 static void session_close(struct session *s, enum log_level level, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 static void connect_backend(struct session *s);
@@ -636,6 +635,51 @@ static void start_backend_tls(struct session *s)
     session_enter(s, SESSION_BACKEND_HANDSHAKE);
 }
 
+/* The PROXY header is the first thing on a backend connection that wants
+ * one, before a STARTTLS backend's greeting, a TLS handshake or a relayed
+ * ClientHello: it names the client and the address the client reached,
+ * and in v2 the SNI and, when sallyport terminated TLS, the negotiated ALPN
+ * protocol, TLS version and cipher. The connection is fresh, so its empty
+ * send buffer takes the whole header in one write. Returns false (and
+ * fails the session) if it could not be sent. */
+static bool send_proxy_header(struct session *s)
+{
+    enum proxy_version version = s->route->backend->proxy_protocol;
+    if (version == PROXY_NONE)
+        return true;
+    union sock_any local = s->local;
+    socklen_t len = sizeof local;
+    if (!s->has_local && getsockname(s->client.fd, &local.sa, &len) < 0)
+        local.sa.sa_family = AF_UNSPEC; /* sent as UNKNOWN / UNSPEC */
+    uint8_t header[PROXY_HEADER_MAX];
+    size_t n;
+    if (version == PROXY_V1) {
+        n = proxy_header_v1(&s->peer.sa, &local.sa, (char *)header, sizeof header);
+    } else {
+        char alpn[256] = "";
+        struct proxy_tlvs tlvs = {.authority = s->has_sni ? s->sni : NULL};
+        if (client_in_tls(s)) {
+            const unsigned char *selected = NULL;
+            unsigned selected_len = 0;
+            SSL_get0_alpn_selected(s->client.ssl, &selected, &selected_len);
+            if (selected_len > 0 && selected_len < sizeof alpn) {
+                memcpy(alpn, selected, selected_len);
+                alpn[selected_len] = '\0';
+                tlvs.alpn = alpn;
+            }
+            tlvs.ssl = true;
+            tlvs.ssl_version = SSL_get_version(s->client.ssl);
+            tlvs.ssl_cipher = SSL_get_cipher_name(s->client.ssl);
+        }
+        n = proxy_header_v2(&s->peer.sa, &local.sa, &tlvs, header, sizeof header);
+    }
+    if (n == 0 || send(s->backend.fd, header, n, MSG_NOSIGNAL) != (ssize_t)n) {
+        fail_with_reply(s, "cannot send the PROXY header to the backend");
+        return false;
+    }
+    return true;
+}
+
 /* The connect finished: take the path the listener/backend pair calls for. */
 static void on_connected(struct session *s)
 {
@@ -646,6 +690,8 @@ static void on_connected(struct session *s)
         fail_with_reply(s, why);
         return;
     }
+    if (!send_proxy_header(s))
+        return;
     enum tls_flavour flavour = s->endpoint->tls;
     if (s->listener->mode == MODE_PASSTHROUGH) {
         /* Config validation guarantees implicit->implicit, starttls->starttls. */
@@ -1177,8 +1223,9 @@ static void on_proxy_header_io(struct session *s)
     if (header.has_addresses) {
         char via[64];
         sock_addr_format(&s->peer.sa, via, sizeof via);
-        memcpy(&s->peer, &header.src,
-               header.src.ss_family == AF_INET6 ? sizeof s->peer.in6 : sizeof s->peer.in);
+        sock_any_set(&s->peer, (const struct sockaddr *)&header.src);
+        sock_any_set(&s->local, (const struct sockaddr *)&header.dst);
+        s->has_local = true;
         if (log_get_level() <= LOG_LEVEL_DEBUG) {
             char client[64];
             log_debug("session %s: PROXY v%d header from %s",
@@ -1244,7 +1291,7 @@ void session_start(struct listener *listener, int fd, const struct sockaddr *pee
     s->dialogue = dialogue_for(s->service->proto);
     s->started = ev_now(worker->loop);
     s->close_level = LOG_LEVEL_INFO;
-    memcpy(&s->peer, peer, peer->sa_family == AF_INET6 ? sizeof s->peer.in6 : sizeof s->peer.in);
+    sock_any_set(&s->peer, peer);
     conn_init(&s->client, fd);
     conn_init(&s->backend, -1);
     ev_io_init(&s->client_w, on_client_io, fd, 0);

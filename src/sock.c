@@ -151,6 +151,17 @@ int sock_listen(const struct sock_addr *addr, bool shared, char *err, size_t err
     return fd;
 }
 
+void sock_any_set(union sock_any *out, const struct sockaddr *sa)
+{
+    memset(out, 0, sizeof *out);
+    if (sa->sa_family == AF_INET)
+        memcpy(&out->in, sa, sizeof out->in);
+    else if (sa->sa_family == AF_INET6)
+        memcpy(&out->in6, sa, sizeof out->in6);
+    else
+        out->sa.sa_family = AF_UNSPEC;
+}
+
 void sock_set_nodelay(int fd)
 {
     int one = 1;

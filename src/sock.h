@@ -6,12 +6,23 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <netinet/in.h>
 #include <sys/socket.h>
 
 struct sock_addr {
     struct sockaddr_storage ss;
     socklen_t len;
 };
+
+/* An IPv4 or IPv6 address in the room it needs (a session keeps two). */
+union sock_any {
+    struct sockaddr sa;
+    struct sockaddr_in in;
+    struct sockaddr_in6 in6;
+};
+
+/* Copies an AF_INET or AF_INET6 address into `out` (others: AF_UNSPEC). */
+void sock_any_set(union sock_any *out, const struct sockaddr *sa);
 
 /* Parses "host:port", "[v6]:port", "*:port" (all addresses, dual-stack) or a
  * bare "port", resolving host names with getaddrinfo (first result). A missing

@@ -21,6 +21,9 @@ token (`dv.token`) in its greeting:
     dv.sieve_plain_port  ManageSieve, cleartext AUTHENTICATE allowed (offers STARTTLS)
 
 The three *_plain_port listeners exist unless plain_ports=False (then None).
+With proxy_ports=True there are two more, imap_proxy_port (like
+imap_plain_port) and imaps_proxy_port (implicit TLS), that take a PROXY
+header first (haproxy = yes) and log the client it names (rip=, rport=).
 Authentication mechanisms: PLAIN and LOGIN (IMAP LOGIN, POP3 USER/PASS,
 AUTHENTICATE PLAIN). TLS: the certificate given (default: issued by the test
 CA for the hostname plus localhost and 127.0.0.1), TLS 1.2 or newer.
@@ -178,6 +181,16 @@ _LISTENERS = {
     "sieve_plain_port": ("managesieve-login", "sieve_plain", False, True),
 }
 PLAIN_PORTS = ("imap_plain_port", "pop3_plain_port", "sieve_plain_port")
+# With proxy_ports=True: IMAP listeners that take a PROXY header first
+# (haproxy = yes, from haproxy_trusted_networks = 127.0.0.0/8) and log the
+# client it names as rip/rport. Cleartext LOGIN is allowed on the plain one
+# (it also offers STARTTLS), as on imap_plain_port.
+_PROXY_LISTENERS = {
+    "imap_proxy_port": ("imap-login", "imap_proxy", False, True),
+    "imaps_proxy_port": ("imap-login", "imaps_proxy", True, False),
+}
+# What the readiness check sends a PROXY port first.
+READINESS_PROXY_HEADER = b"PROXY TCP4 127.0.0.1 127.0.0.1 1 1\r\n"
 
 _open = set()   # instances not closed yet: closed at exit if their fixture never tore down
 
@@ -225,11 +238,14 @@ def _password_hash(password, scheme):
     raise ValueError(f"unsupported password scheme {scheme!r} (PLAIN or SHA512-CRYPT)")
 
 
-def _read_greeting(host, port, tls_context=None, sieve=False, timeout=2.0):
-    """The greeting of host:port (inside TLS if tls_context) as text, or None if
-    nothing answers yet. For ManageSieve, everything up to the OK line."""
+def _read_greeting(host, port, tls_context=None, sieve=False, timeout=2.0, proxy=False):
+    """The greeting of host:port (inside TLS if tls_context, after a PROXY
+    header if proxy) as text, or None if nothing answers yet. For
+    ManageSieve, everything up to the OK line."""
     try:
         with socket.create_connection((host, port), timeout=timeout) as raw:
+            if proxy:
+                raw.sendall(READINESS_PROXY_HEADER)
             sock = tls_context.wrap_socket(raw) if tls_context else raw
             data = b""
             while len(data) < 65536:
@@ -284,7 +300,7 @@ class Dovecot:
 
     def __init__(self, directory, cert, key, *, users=None, hostname=DEFAULT_HOSTNAME,
                  ca_cert=None, plain_ports=True, password_scheme="PLAIN", extra_conf="",
-                 debug=False, start=True):
+                 debug=False, proxy_ports=False, start=True):
         if os.geteuid() != 0:
             raise DovecotError("the Dovecot fixture must run as root")
         if not os.path.exists(DOVECOT):
@@ -299,10 +315,11 @@ class Dovecot:
         self.password_scheme = password_scheme
         self.ca_cert = Path(ca_cert).resolve() if ca_cert else None
         self.plain_ports = plain_ports
+        self.proxy_ports = proxy_ports
         self.extra_conf = extra_conf
         self.debug = debug
         self.token = secrets.token_hex(6)
-        for name in _LISTENERS:
+        for name in {**_LISTENERS, **_PROXY_LISTENERS}:
             setattr(self, name, None)
         self.proc = None
         self.master_pid = None
@@ -367,7 +384,7 @@ class Dovecot:
         everyone = "".join(f"{u}:::::::nodelay\n" for u in self.users)
         _write_file(self.auth_dir / "deny-all", everyone, 0, self._auth_gid, 0o640)
         wanted = set()
-        for name, (_, _, implicit, cleartext_ok) in _LISTENERS.items():
+        for name, (_, _, implicit, cleartext_ok) in self._listeners().items():
             port = getattr(self, name)
             if port is None:
                 continue
@@ -392,7 +409,7 @@ class Dovecot:
         """dovecot.conf of this instance (for the current ports)."""
         d = self.dir
         listeners = {}
-        for name, (service, listener, implicit, _) in _LISTENERS.items():
+        for name, (service, listener, implicit, _) in self._listeners().items():
             port = getattr(self, name)
             if port is None:
                 continue
@@ -401,7 +418,8 @@ class Dovecot:
                 f"    address = {self.host}\n"
                 f"    port = {port}\n"
                 f"    ssl = {'yes' if implicit else 'no'}\n"
-                f"  }}\n")
+                + (f"    haproxy = yes\n" if name in _PROXY_LISTENERS else "")
+                + f"  }}\n")
         services = "".join(f"service {s} {{\n{''.join(ls)}}}\n" for s, ls in listeners.items())
         debug = "yes" if self.debug else "no"
         return f"""\
@@ -419,6 +437,7 @@ listen = {self.host}
 shutdown_clients = yes
 login_greeting = Dovecot ready (sallyport test {self.token})
 login_trusted_networks = 127.0.0.0/8
+{"haproxy_trusted_networks = 127.0.0.0/8" if self.proxy_ports else ""}
 verbose_ssl = {debug}
 
 ssl = yes
@@ -500,8 +519,11 @@ service anvil {{
 
     # -- life cycle -------------------------------------------------------------------
 
+    def _listeners(self):
+        return {**_LISTENERS, **(_PROXY_LISTENERS if self.proxy_ports else {})}
+
     def _names(self):
-        return [n for n in _LISTENERS if self.plain_ports or n not in PLAIN_PORTS]
+        return [n for n in self._listeners() if self.plain_ports or n not in PLAIN_PORTS]
 
     def start(self, timeout=START_TIMEOUT):
         """Starts `dovecot -F` under the reaper, then waits until every port greets
@@ -549,8 +571,10 @@ service anvil {{
                 raise DovecotError(f"dovecot exited with status {self.proc.returncode}"
                                    f"{self._diagnostics()}")
             for name, port in list(pending.items()):
-                greeting = _read_greeting(self.host, port, tls if _LISTENERS[name][2] else None,
-                                          sieve=name.startswith("sieve"))
+                greeting = _read_greeting(self.host, port,
+                                          tls if self._listeners()[name][2] else None,
+                                          sieve=name.startswith("sieve"),
+                                          proxy=name in _PROXY_LISTENERS)
                 if greeting is None:
                     continue
                 if self.token not in greeting:
@@ -728,7 +752,8 @@ def _make_factory(ca, directory_for):
     started = []
 
     def factory(hostname=DEFAULT_HOSTNAME, *, users=None, sans=None, cert=None, key=None,
-                plain_ports=True, password_scheme="PLAIN", extra_conf="", debug=False):
+                plain_ports=True, password_scheme="PLAIN", extra_conf="", debug=False,
+                proxy_ports=False):
         if os.geteuid() != 0:
             pytest.skip("a private Dovecot needs root")
         if not os.path.exists(DOVECOT):
@@ -738,7 +763,7 @@ def _make_factory(ca, directory_for):
         dv = Dovecot(directory_for(len(started)), cert, key, users=users, hostname=hostname,
                      ca_cert=ca.cert, plain_ports=plain_ports,
                      password_scheme=password_scheme, extra_conf=extra_conf, debug=debug,
-                     start=False)
+                     proxy_ports=proxy_ports, start=False)
         started.append(dv)
         dv.start()
         return dv

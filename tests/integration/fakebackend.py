@@ -19,8 +19,8 @@ backend, and in which form (cleartext or inside TLS):
     conn.wait_closed()
     assert b"MAIL" not in conn.cleartext
 
-Steps (functions below): send, recv_line, tls, tls_records_together, smtp_server,
-hold, close.
+Steps (functions below): send, recv_line, recv_proxy_header, tls, tls_records_together,
+smtp_server, hold, close.
 A script that runs out of steps reads and records until the peer closes
 (`hold`), so "what else arrived" is always known.
 
@@ -57,6 +57,7 @@ class Connection:
         self.tls_error = None  # why the TLS handshake failed, if it did
         self.error = None      # why the script stopped early (ScriptError, OSError, ...)
         self.tag = b"*"        # the tag (first word) of the last line read (IMAP)
+        self.proxy_header = None  # what recv_proxy_header() read
         self.closed = threading.Event()
         self._buf = b""        # received, not yet consumed by a step
         self._tls_started = False  # bytes now go to tls_data
@@ -144,6 +145,33 @@ def send(data):
     def step(conn):
         conn.sock.sendall(data)
     step.__name__ = f"send({data!r})"
+    return step
+
+
+def recv_proxy_header():
+    """Reads a PROXY header (a v1 line, or a v2 header by its length) into
+    conn.proxy_header, so that a test can check it byte by byte. Reads
+    exactly the header, never a byte of what follows (a ClientHello that a
+    later tls() step must see). The first step of a script."""
+    def exact(conn, n):
+        data = b""
+        while len(data) < n:
+            chunk = conn.sock.recv(n - len(data))
+            if not chunk:
+                raise ScriptError(f"EOF inside the PROXY header (got {data!r})")
+            data += chunk
+        return data
+
+    def step(conn):
+        header = exact(conn, 1)
+        if header == b"P":
+            while not header.endswith(b"\n") and len(header) < 107:
+                header += exact(conn, 1)
+        else:
+            header += exact(conn, 15)
+            header += exact(conn, int.from_bytes(header[14:16], "big"))
+        conn.proxy_header = header
+    step.__name__ = "recv_proxy_header"
     return step
 
 

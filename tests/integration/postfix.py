@@ -15,6 +15,10 @@ Ports, all on `pf.host` (127.0.0.1):
     pf.starttls_port  smtpd offering STARTTLS (smtpd_tls_security_level = may)
     pf.implicit_port  smtpd with implicit TLS (smtpd_tls_wrappermode = yes)
 
+With proxy_ports=True, three more ports of the same flavours expect a PROXY
+header first (smtpd_upstream_proxy_protocol = haproxy) and log the client it
+names: pf.proxy_plain_port, pf.proxy_starttls_port, pf.proxy_implicit_port.
+
 Every port accepts mail for the instance's domains from anybody, and relays
 for 127.0.0.0/8 (mynetworks); no AUTH. Other domains use the error(8)
 transport, so smtpd rejects them at RCPT time (550 5.7.1 ... outbound mail is
@@ -241,10 +245,17 @@ def _searchable_temp_root() -> Path:
     return searchable_temp_root(PostfixError)
 
 
-def _read_banner(host, port, tls_context=None, timeout=2.0):
-    """The first reply line of host:port (inside TLS if tls_context), or None."""
+# What the readiness check sends a port that expects a PROXY header first.
+READINESS_PROXY_HEADER = b"PROXY TCP4 127.0.0.1 127.0.0.1 1 1\r\n"
+
+
+def _read_banner(host, port, tls_context=None, timeout=2.0, proxy=False):
+    """The first reply line of host:port (inside TLS if tls_context, after a
+    PROXY header if proxy), or None."""
     try:
         with socket.create_connection((host, port), timeout=timeout) as raw:
+            if proxy:
+                raw.sendall(READINESS_PROXY_HEADER)
             sock = tls_context.wrap_socket(raw) if tls_context else raw
             data = b""
             while b"\n" not in data and len(data) < 4096:
@@ -268,9 +279,9 @@ def _read_pid(path: Path):
         return None
 
 
-def _three_free_ports():
+def _free_ports(n):
     ports = set()
-    while len(ports) < 3:
+    while len(ports) < n:
         ports.add(free_port())
     return sorted(ports)
 
@@ -298,7 +309,8 @@ class Postfix:
     key = property(lambda self: self.config_dir / "key.pem")
 
     def __init__(self, directory, cert, key, domains=DEFAULT_DOMAINS, *,
-                 hostname="postfix.test", ca_cert=None, extra_main_cf=None, start=True):
+                 hostname="postfix.test", ca_cert=None, extra_main_cf=None, proxy_ports=False,
+                 start=True):
         if os.geteuid() != 0:
             raise PostfixError("the Postfix fixture must run as root")
         self.defaults = _postconf_defaults()
@@ -312,6 +324,10 @@ class Postfix:
         self.extra_main_cf = dict(extra_main_cf or {})
         self.token = secrets.token_hex(6)   # identifies our own banner
         self.plain_port = self.starttls_port = self.implicit_port = None
+        # With proxy_ports, three more listeners of the same flavours that
+        # expect a PROXY header first (smtpd_upstream_proxy_protocol = haproxy).
+        self.proxy_ports = proxy_ports
+        self.proxy_plain_port = self.proxy_starttls_port = self.proxy_implicit_port = None
         self.proc = None          # the reaper process, parent of master
         self.master_pid = None    # also master's process group id
         self._counter = 0
@@ -454,7 +470,7 @@ class Postfix:
   -o syslog_name=postfix-test/implicit
   -o smtpd_tls_wrappermode=yes
   -o smtpd_tls_security_level=encrypt
-cleanup   unix       n - n - 0 cleanup
+{self._proxy_master_cf()}cleanup   unix       n - n - 0 cleanup
 qmgr      unix       n - n 300 1 qmgr
 tlsmgr    unix       - - n 1000? 1 tlsmgr
 rewrite   unix       - - n - - trivial-rewrite
@@ -472,6 +488,27 @@ anvil     unix       - - n - 1 anvil
 scache    unix       - - n - 1 scache
 virtual   unix       - n n - - virtual
 postlog   unix-dgram n - n - 1 postlogd
+"""
+
+    def _proxy_master_cf(self):
+        """The three listeners that take a PROXY header first, if wanted."""
+        if not self.proxy_ports:
+            return ""
+        h = self.host
+        return f"""\
+{h}:{self.proxy_plain_port} inet n - n - - smtpd
+  -o syslog_name=postfix-test/proxy-plain
+  -o smtpd_tls_security_level=none
+  -o smtpd_upstream_proxy_protocol=haproxy
+{h}:{self.proxy_starttls_port} inet n - n - - smtpd
+  -o syslog_name=postfix-test/proxy-starttls
+  -o smtpd_tls_security_level=may
+  -o smtpd_upstream_proxy_protocol=haproxy
+{h}:{self.proxy_implicit_port} inet n - n - - smtpd
+  -o syslog_name=postfix-test/proxy-implicit
+  -o smtpd_tls_wrappermode=yes
+  -o smtpd_tls_security_level=encrypt
+  -o smtpd_upstream_proxy_protocol=haproxy
 """
 
     def _write_config(self):
@@ -495,7 +532,11 @@ postlog   unix-dgram n - n - 1 postlogd
             raise PostfixError("this Postfix instance is closed")
         error = None
         for _ in range(3):
-            self.plain_port, self.starttls_port, self.implicit_port = _three_free_ports()
+            ports = _free_ports(6 if self.proxy_ports else 3)
+            self.plain_port, self.starttls_port, self.implicit_port = ports[:3]
+            if self.proxy_ports:
+                (self.proxy_plain_port, self.proxy_starttls_port,
+                 self.proxy_implicit_port) = ports[3:]
             self._write_config()
             try:
                 self._start_master(timeout)
@@ -526,14 +567,19 @@ postlog   unix-dgram n - n - 1 postlogd
                 stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
         self.master_pid = None
         tls = self.client_context(verify=False)
-        pending = {self.plain_port: None, self.starttls_port: None, self.implicit_port: tls}
+        pending = {self.plain_port: (None, False), self.starttls_port: (None, False),
+                   self.implicit_port: (tls, False)}
+        if self.proxy_ports:
+            pending.update({self.proxy_plain_port: (None, True),
+                            self.proxy_starttls_port: (None, True),
+                            self.proxy_implicit_port: (tls, True)})
         deadline = time.monotonic() + timeout
         while pending:
             if self.proc.poll() is not None:
                 raise PostfixError(f"postfix master exited with status {self.proc.returncode}"
                                    f"{self._diagnostics()}")
-            for port, ctx in list(pending.items()):
-                banner = _read_banner(self.host, port, ctx)
+            for port, (ctx, proxy) in list(pending.items()):
+                banner = _read_banner(self.host, port, ctx, proxy=proxy)
                 if banner is None:
                     continue
                 if not (banner.startswith("220 ") and self.token in banner):
@@ -708,13 +754,14 @@ def _make_factory(ca, directory_for):
     started = []
 
     def factory(domains=DEFAULT_DOMAINS, *, hostname="postfix.test", sans=None,
-                cert=None, key=None, extra_main_cf=None):
+                cert=None, key=None, extra_main_cf=None, proxy_ports=False):
         if os.geteuid() != 0:
             pytest.skip("a private Postfix needs root")
         if cert is None:
             cert, key = ca.issue(hostname, sans or [hostname, "localhost", "127.0.0.1"])
         pf = Postfix(directory_for(len(started)), cert, key, domains, hostname=hostname,
-                     ca_cert=ca.cert, extra_main_cf=extra_main_cf, start=False)
+                     ca_cert=ca.cert, extra_main_cf=extra_main_cf, proxy_ports=proxy_ports,
+                     start=False)
         started.append(pf)
         pf.start()
         return pf

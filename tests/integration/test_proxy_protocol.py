@@ -9,7 +9,9 @@ sent in the same write) reach TLS untouched.
 
 Tested with hand-made headers (good and hostile ones) and with HAProxy in
 front (send-proxy-v2 and send-proxy)."""
+import imaplib
 import shutil
+import smtplib
 import socket
 import ssl
 import struct
@@ -19,12 +21,15 @@ from pathlib import Path
 
 import pytest
 
+from access_helpers import IMAP_WAYS, backend_cases
 from conftest import free_port, wait_for
+from dovecot import dovecot_module_factory  # noqa: F401  (a fixture)
 from fakebackend import client_hello
+from postfix import postfix_module_factory  # noqa: F401  (a fixture)
 from smtp_helpers import (
-    IMPLICIT_PASSTHROUGH, IMPLICIT_TERMINATE, SENDER, assert_mailbox_stored,
-    certificate_section, issue, log_fields, make_message, mailbox_section, marker,
-    route_section, session_lines, standard_body, wait_maildir)
+    IMPLICIT_PASSTHROUGH, IMPLICIT_TERMINATE, SENDER, WAYS, WAY_IDS, assert_mailbox_stored,
+    backend_section, certificate_section, issue, listener_section, log_fields, make_message,
+    mailbox_section, marker, route_section, session_lines, standard_body, wait_maildir)
 from test_limits import connect, first_bytes, refused_with
 
 HOSTNAME = "gw.test"
@@ -230,7 +235,6 @@ def test_mail_through_a_header_then_tls(sallyport, tmp_path, ca, way):
     mark = marker()
     message = make_message(mark, standard_body(mark), "bob@proxy.test")
     with ctx.wrap_socket(raw, server_hostname=SNI) as s:
-        import smtplib
         smtp = smtplib.SMTP()
         smtp.sock = s
         smtp.file = None
@@ -309,7 +313,6 @@ def test_haproxy_in_front(sallyport, haproxy, tmp_path, ca, send_proxy):
     mark = marker()
     message = make_message(mark, standard_body(mark), "bob@proxy.test")
     with ctx.wrap_socket(raw, server_hostname=SNI) as s:
-        import smtplib
         smtp = smtplib.SMTP()
         smtp.sock = s
         smtp.file = None
@@ -322,3 +325,255 @@ def test_haproxy_in_front(sallyport, haproxy, tmp_path, ca, send_proxy):
     (f,) = wait_for(lambda: lines_for(sp, f"client=127.0.0.2:{client_port} "),
                     what="the session line with the client's own address")
     assert f["sni"] == SNI, f
+
+
+# ---- towards the backend: proxy_protocol = v1 | v2 ------------------------------------
+
+class SMTPFromSecondAddress(smtplib.SMTP):
+    """smtplib.SMTP from 127.0.0.2 (so that a backend can tell the client from
+    sallyport, which connects from 127.0.0.1), to 127.0.0.1."""
+
+    def _get_socket(self, host, port, timeout):
+        return socket.create_connection(("127.0.0.1", port), timeout,
+                                        source_address=("127.0.0.2", 0))
+
+
+class SMTPSSLFromSecondAddress(smtplib.SMTP_SSL):
+    def _get_socket(self, host, port, timeout):
+        raw = socket.create_connection(("127.0.0.1", port), timeout,
+                                       source_address=("127.0.0.2", 0))
+        return self.context.wrap_socket(raw, server_hostname=SNI)
+
+
+def backend_script(flavour, ctx):
+    """After the PROXY header: a well-behaved SMTP backend of `flavour`."""
+    from fakebackend import recv_line as line, send as say, smtp_server, tls
+    if flavour == "plain":
+        return [smtp_server(greet=True)]
+    if flavour == "implicit":
+        return [tls(ctx), smtp_server(greet=True)]
+    return [say(b"220 fake.backend.test ESMTP\r\n"), line(b"EHLO"),
+            say(b"250-fake.backend.test\r\n250 STARTTLS\r\n"), line(b"STARTTLS"),
+            say(b"220 2.0.0 go ahead\r\n"), tls(ctx), smtp_server()]
+
+
+def parse_v2(header):
+    """(src, sport, dst, dport, {type: value}) of a v2 TCP4 header."""
+    assert header[:12] == V2_SIGNATURE and header[12] == 0x21 and header[13] == 0x11, header
+    length = int.from_bytes(header[14:16], "big")
+    assert len(header) == 16 + length
+    src, dst = socket.inet_ntoa(header[16:20]), socket.inet_ntoa(header[20:24])
+    sport, dport = struct.unpack("!HH", header[24:28])
+    tlvs, pos = {}, 28
+    while pos < len(header):
+        t, n = header[pos], int.from_bytes(header[pos + 1:pos + 3], "big")
+        tlvs[t] = header[pos + 3:pos + 3 + n]
+        pos += 3 + n
+    return src, sport, dst, dport, tlvs
+
+
+def ssl_subtlvs(value):
+    """PP2_TYPE_SSL: client flags, verify, then sub-TLVs."""
+    subs, pos = {}, 5
+    while pos < len(value):
+        t, n = value[pos], int.from_bytes(value[pos + 1:pos + 3], "big")
+        subs[t] = value[pos + 3:pos + 3 + n]
+        pos += 3 + n
+    return value[0], subs
+
+
+@pytest.mark.parametrize("version", ["v1", "v2"])
+@pytest.mark.parametrize("way", WAYS, ids=WAY_IDS)
+def test_backend_gets_the_header_first(sallyport, ca, way, version):
+    """The header is the backend's first byte in every way: before a plain
+    or STARTTLS backend's greeting, before an implicit backend's TLS, before
+    the relayed ClientHello. It names the client (127.0.0.2 and its port)
+    and the address it reached; v2 adds the SNI, and after a terminated
+    handshake the TLS version and cipher."""
+    from fakebackend import FakeBackend, recv_proxy_header, server_context
+    cert, key = issue(ca, SNI)
+    flavour = way.tls if way.passthrough else "plain"
+    with FakeBackend([recv_proxy_header()] + backend_script(flavour, server_context(cert, key))) \
+            as fb:
+        port = free_port()
+        text = f"[global]\nlog_level = debug\n\n"
+        if not way.passthrough:
+            text += certificate_section("gw", cert, key)
+        text += listener_section(way, port, hostname=HOSTNAME)
+        text += backend_section("b", {way.service: f"{fb.address} {flavour}"}, ca=ca.cert,
+                                tls_name=SNI)
+        text = text.replace("[backend b]\n", f"[backend b]\nproxy_protocol = {version}\n")
+        text += route_section("r", SNI, "b")
+        sallyport(text)
+        ctx = ssl.create_default_context(cafile=str(ca.cert))
+        if way.tls == "implicit":
+            s = SMTPSSLFromSecondAddress(SNI, port, local_hostname="client.test", context=ctx,
+                                         timeout=30)
+        else:
+            s = SMTPFromSecondAddress(SNI, port, local_hostname="client.test", timeout=30)
+            s.ehlo()
+            s.starttls(context=ctx)
+        client_port = s.sock.getsockname()[1]
+        s.ehlo()
+        assert s.noop()[0] == 250
+        s.quit()
+        conn = fb.wait_connection().wait_closed()
+    assert conn.error is None, conn.error
+    header = conn.proxy_header
+    if version == "v1":
+        assert header == f"PROXY TCP4 127.0.0.2 127.0.0.1 {client_port} {port}\r\n".encode()
+        return
+    src, sport, dst, dport, tlvs = parse_v2(header)
+    assert (src, sport, dst, dport) == ("127.0.0.2", client_port, "127.0.0.1", port)
+    assert tlvs.get(0x02) == SNI.encode(), tlvs  # PP2_TYPE_AUTHORITY
+    if way.passthrough:
+        assert 0x20 not in tlvs, "passthrough: sallyport has no TLS details to give"
+    else:
+        client, subs = ssl_subtlvs(tlvs[0x20])
+        assert client & 0x01  # PP2_CLIENT_SSL
+        assert subs[0x21] == b"TLSv1.3", subs
+        assert subs[0x23].startswith(b"TLS_"), subs
+
+
+def test_backend_header_names_the_balancers_client(sallyport, ca):
+    """Behind a balancer, the backend is told the client the balancer named,
+    and the address that client reached."""
+    from fakebackend import FakeBackend, recv_proxy_header, server_context
+    cert, key = issue(ca, SNI)
+    with FakeBackend([recv_proxy_header()] + backend_script("plain", None)) as fb:
+        port = free_port()
+        text = listener_config(port, service="submissions", mode="terminate", backend_port=1,
+                               cert=(cert, key))
+        text += (f"[backend b]\nsubmissions = {fb.address} plain\nproxy_protocol = v1\n"
+                 f"[route r]\nsni = *\nbackend = b\n")
+        sallyport(text)
+        with connect(port) as raw:
+            raw.sendall(v2_header("203.0.113.40", 4000, "192.0.2.1", 465))
+            with ssl.create_default_context(cafile=str(ca.cert)).wrap_socket(
+                    raw, server_hostname=SNI) as s:
+                assert first_bytes(s).startswith(b"220 ")
+                s.sendall(b"QUIT\r\n")
+                assert first_bytes(s).startswith(b"221 ")
+        conn = fb.wait_connection().wait_closed()
+    assert conn.proxy_header == b"PROXY TCP4 203.0.113.40 192.0.2.1 4000 465\r\n"
+
+
+# ---- Postfix behind sallyport, told the client ------------------------------------------
+
+@pytest.fixture(scope="module")
+def pf_proxy(ca, postfix_module_factory):
+    """One Postfix whose proxy ports want a PROXY header (v1 or v2: Postfix
+    takes both), and log each client's port."""
+    cert, key = issue(ca, SNI)
+    return postfix_module_factory(["proxy.test"], cert=cert, key=key, proxy_ports=True,
+                                  extra_main_cf={"smtpd_client_port_logging": "yes"})
+
+
+POSTFIX_CASES = [(w, f, v) for w in WAYS
+                 for f in ((w.tls,) if w.passthrough else ("plain", "implicit", "starttls"))
+                 for v in ("v1", "v2")]
+
+
+@pytest.mark.parametrize("way,flavour,version", POSTFIX_CASES,
+                         ids=[f"{w.id}-{f}-{v}" for w, f, v in POSTFIX_CASES])
+def test_postfix_logs_the_real_client(sallyport, ca, pf_proxy, way, flavour, version):
+    """A client on 127.0.0.2 sends mail through sallyport to Postfix's port
+    with smtpd_upstream_proxy_protocol = haproxy: Postfix logs 127.0.0.2 and
+    the client's port (sallyport itself connects from 127.0.0.1), and the
+    message is delivered."""
+    port = free_port()
+    pf_port = {"plain": pf_proxy.proxy_plain_port, "implicit": pf_proxy.proxy_implicit_port,
+               "starttls": pf_proxy.proxy_starttls_port}[flavour]
+    cert, key = issue(ca, SNI)
+    text = "[global]\nlog_level = info\n\n"
+    if not way.passthrough:
+        text += certificate_section("gw", cert, key)
+    text += listener_section(way, port, hostname=HOSTNAME)
+    text += backend_section("pf", {way.service: f"127.0.0.1:{pf_port} {flavour}"}, ca=ca.cert,
+                            tls_name=SNI)
+    text = text.replace("[backend pf]\n", f"[backend pf]\nproxy_protocol = {version}\n")
+    text += route_section("r", SNI, "pf")
+    sallyport(text)
+    ctx = ssl.create_default_context(cafile=str(ca.cert))
+    rcpt = pf_proxy.new_address("proxy.test")
+    mark = marker()
+    message = make_message(mark, standard_body(mark), rcpt)
+    if way.tls == "implicit":
+        s = SMTPSSLFromSecondAddress(SNI, port, local_hostname="client.test", context=ctx,
+                                     timeout=30)
+    else:
+        s = SMTPFromSecondAddress(SNI, port, local_hostname="client.test", timeout=30)
+        s.ehlo()
+        s.starttls(context=ctx)
+    client_port = s.sock.getsockname()[1]
+    s.ehlo()
+    assert not s.sendmail(SENDER, [rcpt], message)
+    s.quit()
+    pf_proxy.wait_for_message(rcpt)
+    wait_for(lambda: f"connect from unknown[127.0.0.2]:{client_port}" in pf_proxy.log()
+             or f"[127.0.0.2]:{client_port}" in pf_proxy.log(),
+             what=f"Postfix logging the client 127.0.0.2:{client_port}")
+
+
+# ---- Dovecot behind sallyport, told the client ------------------------------------------
+
+class IMAPFromSecondAddress(imaplib.IMAP4):
+    """imaplib from 127.0.0.2 to 127.0.0.1 (host stays the name for SNI)."""
+
+    def _create_socket(self, timeout):
+        return socket.create_connection(("127.0.0.1", self.port), timeout,
+                                        source_address=("127.0.0.2", 0))
+
+
+class IMAPSSLFromSecondAddress(imaplib.IMAP4_SSL):
+    def _create_socket(self, timeout):
+        raw = socket.create_connection(("127.0.0.1", self.port), timeout,
+                                       source_address=("127.0.0.2", 0))
+        return self.ssl_context.wrap_socket(raw, server_hostname=self.host)
+
+
+@pytest.fixture(scope="module")
+def dv_proxy(dovecot_module_factory):
+    """One Dovecot with IMAP ports that want a PROXY header, logging rport too."""
+    return dovecot_module_factory(
+        proxy_ports=True,
+        extra_conf="login_log_format_elements = user=<%u> method=%m rip=%r rport=%{rport} "
+                   "lip=%l mpid=%e %c\n")
+
+
+DOVECOT_CASES = [(w, f, v) for w, f in backend_cases(IMAP_WAYS)
+                 for v in (("v1", "v2") if f == "implicit" else ("v2",))]
+
+
+@pytest.mark.parametrize("way,flavour,version", DOVECOT_CASES,
+                         ids=[f"{w.id}-{f}-{v}" for w, f, v in DOVECOT_CASES])
+def test_dovecot_logs_the_real_client(sallyport, ca, dv_proxy, way, flavour, version):
+    """A client on 127.0.0.2 logs in to Dovecot through sallyport; Dovecot
+    (haproxy = yes, haproxy_trusted_networks) logs rip=127.0.0.2 and the
+    client's port, in every IMAP way and backend flavour."""
+    dv = dv_proxy
+    port = free_port()
+    dv_port = dv.imaps_proxy_port if flavour == "implicit" else dv.imap_proxy_port
+    text = "[global]\nlog_level = info\n\n"
+    if not way.passthrough:
+        text += certificate_section("gw", *issue(ca, dv.hostname))
+    text += (f"[listener {way.service}]\naddress = 127.0.0.1:{port}\nmode = {way.mode}\n"
+             f"hostname = {HOSTNAME}\n\n")
+    text += backend_section("dv", {way.service: f"127.0.0.1:{dv_port} {flavour}"}, ca=ca.cert,
+                            tls_name=dv.hostname)
+    text = text.replace("[backend dv]\n", f"[backend dv]\nproxy_protocol = {version}\n")
+    text += route_section("r", "*", "dv")
+    sallyport(text)
+    ctx = ssl.create_default_context(cafile=str(ca.cert))
+    if way.tls == "implicit":
+        m = IMAPSSLFromSecondAddress(dv.hostname, port, ssl_context=ctx, timeout=30)
+    else:
+        m = IMAPFromSecondAddress(dv.hostname, port, timeout=30)
+        m.starttls(ssl_context=ctx)
+    client_port = m.sock.getsockname()[1]
+    user, password = next(iter(dv.users.items()))
+    m.login(user, password)
+    m.logout()
+    line = wait_for(lambda: next((l for l in dv.logins() if f"rport={client_port}," in l), None),
+                    what=f"Dovecot's login line for port {client_port}")
+    assert "rip=127.0.0.2," in line, line

@@ -568,9 +568,25 @@ static void test_terminate_accepts_every_flavour(void **state)
 static void test_unknown_key(void **state)
 {
     (void)state;
-    expect_errors(BASE "[backend mx2]\nhost = 10.0.0.6\nproxy_protocol = v2\n",
-                  "cfg:12: proxy_protocol: unknown key in [backend mx2] (expected host, ca, "
-                  "verify, tls_name or a service word such as submission)\n",
+    expect_errors(BASE "[backend mx2]\nhost = 10.0.0.6\nweight = 2\n",
+                  "cfg:12: weight: unknown key in [backend mx2] (expected host, ca, verify, "
+                  "tls_name, proxy_protocol or a service word such as submission)\n",
+                  1);
+}
+
+static void test_backend_proxy_protocol(void **state)
+{
+    (void)state;
+    struct result r = load(BASE "[backend mx2]\nhost = 10.0.0.6\nproxy_protocol = v2\n"
+                                "[backend mx3]\nhost = 10.0.0.7\nproxy_protocol = v1\n");
+    assert_string_equal(r.errors, "");
+    assert_int_equal(r.cfg->backends[0].proxy_protocol, PROXY_NONE); /* off unless asked */
+    assert_int_equal(r.cfg->backends[1].proxy_protocol, PROXY_V2);
+    assert_int_equal(r.cfg->backends[2].proxy_protocol, PROXY_V1);
+    done(&r);
+    expect_errors(BASE "[backend mx2]\nhost = 10.0.0.6\nproxy_protocol = yes\n",
+                  "cfg:12: proxy_protocol: unknown PROXY protocol version 'yes' (expected v1, "
+                  "v2 or no)\n",
                   1);
 }
 
@@ -1121,6 +1137,7 @@ int main(void)
         cmocka_unit_test(test_global_values),
         cmocka_unit_test(test_workers),
         cmocka_unit_test(test_proxy_protocol_keys),
+        cmocka_unit_test(test_backend_proxy_protocol),
         cmocka_unit_test(test_backend_overrides),
         cmocka_unit_test(test_backend_ipv6_host),
         cmocka_unit_test(test_mailbox_as_backend),

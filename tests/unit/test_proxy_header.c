@@ -122,7 +122,8 @@ static size_t v2(uint8_t *out, uint8_t ver_cmd, uint8_t fam, const uint8_t *bloc
     out[13] = fam;
     out[14] = (uint8_t)(len >> 8);
     out[15] = (uint8_t)len;
-    memcpy(out + 16, block, len);
+    if (len > 0)
+        memcpy(out + 16, block, len);
     return 16 + len;
 }
 
