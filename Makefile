@@ -148,7 +148,7 @@ demo: deps
 	$(MAKE) all
 	sh scripts/demo.sh
 
-FORMATTED := $(wildcard src/*.[ch] src/dialogue/*.[ch] tests/unit/*.[ch] fuzz/*.c)
+FORMATTED := $(wildcard src/*.[ch] src/dialogue/*.[ch] tests/unit/*.[ch] fuzz/*.c bench/*.[ch])
 format:
 	clang-format -i $(FORMATTED)
 

@@ -63,9 +63,9 @@ enum state {
     S_CLOSING,   /* output flushed: wait for the peer's EOF, then close */
 };
 
-#define IN_MAX 2048
+#define IN_MAX  2048
 #define OUT_MAX 1024
-#define CHUNK 65536
+#define CHUNK   65536
 
 struct conn {
     ev_io io;

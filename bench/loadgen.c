@@ -64,11 +64,10 @@ struct step {
 static const struct step script_greeting[] = {
     {OP_CONNECT, 0, NULL}, {OP_TLS, 0, NULL}, {OP_REPLY, 220, NULL}, {OP_END, 0, NULL}};
 static const struct step script_starttls[] = {
-    {OP_CONNECT, 0, NULL},          {OP_REPLY, 220, NULL},
-    {OP_SEND, 0, "EHLO bench\r\n"}, {OP_REPLY, 250, NULL},
-    {OP_SEND, 0, "STARTTLS\r\n"},   {OP_REPLY, 220, NULL},
-    {OP_TLS, 0, NULL},              {OP_SEND, 0, "EHLO bench\r\n"},
-    {OP_REPLY, 250, NULL},          {OP_END, 0, NULL}};
+    {OP_CONNECT, 0, NULL}, {OP_REPLY, 220, NULL},          {OP_SEND, 0, "EHLO bench\r\n"},
+    {OP_REPLY, 250, NULL}, {OP_SEND, 0, "STARTTLS\r\n"},   {OP_REPLY, 220, NULL},
+    {OP_TLS, 0, NULL},     {OP_SEND, 0, "EHLO bench\r\n"}, {OP_REPLY, 250, NULL},
+    {OP_END, 0, NULL}};
 static const struct step script_plain_greeted[] = {
     {OP_CONNECT, 0, NULL}, {OP_REPLY, 220, NULL}, {OP_HOLD, 0, NULL}};
 static const struct step script_tls_greeted[] = {
@@ -334,8 +333,8 @@ static void advance(struct sess *s)
         case OP_SEND:
         case OP_SEND_HELLO: {
             const char *text = st->op == OP_SEND_HELLO ? (const char *)g.hello
-                               : st->text                ? st->text
-                                                         : g.bulk_cmd;
+                               : st->text              ? st->text
+                                                       : g.bulk_cmd;
             size_t len = st->op == OP_SEND_HELLO ? g.hello_len : strlen(text);
             n = s_write(s, text + s->off, len - s->off, &ev);
             if (n == -1)
@@ -610,17 +609,38 @@ int main(int argc, char **argv)
     optind = 2;
     while ((opt = getopt_long(argc, argv, "p:H:s:n:c:b:t:T:k:", longs, NULL)) != -1) {
         switch (opt) {
-        case 'p': g.port = atoi(optarg); break;
-        case 'H': g.host = optarg; break;
-        case 's': g.sni = optarg; break;
-        case 'n': g.n = atoi(optarg); break;
-        case 'c': g.conc = atoi(optarg); break;
-        case 'b': g.bytes = strtoull(optarg, NULL, 10); break;
-        case 't': g.limit = atof(optarg); break;
-        case 'T': g.step_timeout = atof(optarg); break;
-        case 'k': g.kind = optarg; break;
-        case 'h': g.hold = atof(optarg); break;
-        default: usage();
+        case 'p':
+            g.port = atoi(optarg);
+            break;
+        case 'H':
+            g.host = optarg;
+            break;
+        case 's':
+            g.sni = optarg;
+            break;
+        case 'n':
+            g.n = atoi(optarg);
+            break;
+        case 'c':
+            g.conc = atoi(optarg);
+            break;
+        case 'b':
+            g.bytes = strtoull(optarg, NULL, 10);
+            break;
+        case 't':
+            g.limit = atof(optarg);
+            break;
+        case 'T':
+            g.step_timeout = atof(optarg);
+            break;
+        case 'k':
+            g.kind = optarg;
+            break;
+        case 'h':
+            g.hold = atof(optarg);
+            break;
+        default:
+            usage();
         }
     }
     int idle = 0;
@@ -727,9 +747,8 @@ int main(int argc, char **argv)
         uint64_t total = 0;
         for (int i = 0; i < g.n; i++)
             total += g.s[i].got;
-        printf(",\"bytes\":%llu,\"bytes_per_stream\":%llu,\"MBps\":%.1f",
-               (unsigned long long)total, (unsigned long long)g.bytes,
-               secs > 0 ? (double)total / 1e6 / secs : 0.0);
+        printf(",\"bytes\":%llu,\"bytes_per_stream\":%llu,\"MBps\":%.1f", (unsigned long long)total,
+               (unsigned long long)g.bytes, secs > 0 ? (double)total / 1e6 / secs : 0.0);
     }
     printf(",\"timed_out\":%s,\"error\":\"%s\"}\n", g.timed_out ? "true" : "false", g.error);
     return g.ok > 0 ? 0 : 1;
