@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import wait_for
 from dovecot import _group_members, dovecot, dovecot_factory, dovecot_module_factory  # noqa: F401
 from sieve_client import SieveClient, SieveError
 
@@ -76,7 +77,9 @@ def test_imap_starttls_port_needs_tls_for_login(dovecot):
         m.login("alice", "secret")
         assert imap_fetch(m, mid) == msg
         m.logout()
-    assert "User found from deny passdb" in dovecot.log()
+    # Dovecot's log process writes asynchronously: wait for the line.
+    wait_for(lambda: "User found from deny passdb" in dovecot.log(), timeout=10,
+             what="Dovecot logging the deny passdb")
 
 
 def test_imap_plain_port_allows_cleartext_login(dovecot):
@@ -189,7 +192,8 @@ def test_root_0600_message_needs_adopt(dovecot):
         with pytest.raises((AssertionError, imaplib.IMAP4.error, imaplib.IMAP4.abort, OSError)):
             typ, data = m.fetch("*", "(BODY.PEEK[])")   # the newest message
             assert typ == "OK", data
-    assert "missing +r perm" in dovecot.log()
+    wait_for(lambda: "missing +r perm" in dovecot.log(), timeout=10,
+             what="Dovecot logging the unreadable file")
     assert dovecot.adopt("alice") >= 1
     with imaplib.IMAP4(dovecot.host, dovecot.imap_plain_port, timeout=10) as m:
         m.login("alice", "secret")
