@@ -34,7 +34,8 @@ $(BUILD)/%.o: %.c
 # Unit tests: tests/unit/test_X.c links only the modules it names in
 # TEST_MODULES_test_X (STYLE.md: a unit test links only its module).
 TEST_MODULES_test_clienthello := clienthello
-TEST_MODULES_test_config      := config config_read config_value client_table service sock tls log
+TEST_MODULES_test_config      := config config_read config_value client_table service sock tls log \
+                                 dialogue/smtp dialogue/imap dialogue/pop3 dialogue/sieve dialogue/dialogue
 TEST_MODULES_test_mailbox     := smtp_data smtp_syntax userdb maildir log
 TEST_MODULES_test_dialogue    := dialogue/smtp dialogue/imap dialogue/pop3 dialogue/sieve dialogue/dialogue log
 TEST_MODULES_test_dialogue_imap  := dialogue/smtp dialogue/imap dialogue/pop3 dialogue/sieve dialogue/dialogue log
@@ -180,7 +181,7 @@ FUZZ_SRCS_dialogue_server  := $(FUZZ_DIALOGUE_SRCS)
 FUZZ_SRCS_dialogue_backend := $(FUZZ_DIALOGUE_SRCS)
 FUZZ_SRCS_smtp_data        := src/smtp_data.c
 FUZZ_SRCS_config := src/config.c src/config_read.c src/config_value.c src/client_table.c src/service.c \
-	src/sock.c src/tls.c src/log.c
+	src/sock.c src/tls.c $(FUZZ_DIALOGUE_SRCS)
 FUZZ_LIBS_config := $(shell pkg-config --libs openssl inih 2>/dev/null)
 FUZZ_MAXLEN_clienthello      := 17000
 FUZZ_MAXLEN_dialogue_server  := 4096

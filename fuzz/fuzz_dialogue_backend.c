@@ -4,8 +4,11 @@
  *   make fuzz          (or build/fuzz/fuzz_dialogue_backend fuzz/corpus/dialogue_backend)
  *
  * Input: the first byte picks the protocol (byte % PROTO_COUNT: smtp, imap,
- * pop3, sieve) and the mode (bit 2: 0 = BACKEND_GREETING_ONLY, 1 =
- * BACKEND_STARTTLS); the rest is what the backend sends, split into lines at
+ * pop3, sieve), the mode (bit 2: BACKEND_STARTTLS; else bit 3:
+ * BACKEND_IDENTIFY; else BACKEND_GREETING_ONLY) and, outside STARTTLS mode
+ * and for a protocol that can, whether the client is named to the backend
+ * (bit 4; always in IDENTIFY mode; bit 5: an IPv6 client); the rest is what the backend sends,
+ * split into lines at
  * '\n' the way session.c does (a trailing '\r' is stripped; a line of more
  * than DIALOGUE_LINE_MAX bytes with its '\n' ends the prelude, as the session
  * fails it without calling the dialogue). Each line is handed over in an
@@ -17,13 +20,15 @@
  *    and a backend cannot keep the dialogue going forever: it ends within
  *    MAX_CALLS lines;
  *  - FAILED leaves a non-empty, NUL-terminated, printable reason;
- *  - GREETED only in BACKEND_GREETING_ONLY mode, TLS_READY only in
- *    BACKEND_STARTTLS mode, after the backend advertised STARTTLS and after
- *    the dialogue itself asked for it (never a downgrade, never a go-ahead
- *    nobody asked for);
+ *  - GREETED only in BACKEND_GREETING_ONLY or IDENTIFY mode, and when the
+ *    client is to be named, only after the naming command was queued;
+ *    TLS_READY only in BACKEND_STARTTLS mode, after the backend advertised
+ *    STARTTLS and after the dialogue itself asked for it (never a
+ *    downgrade, never a go-ahead nobody asked for);
  *  - every queued command is one known command of the protocol ending in
- *    "\r\n" (nothing the backend sent is echoed), and GREETING_ONLY queues
- *    nothing. */
+ *    "\r\n", or (naming the client) XCLIENT / "S2 ID (" with printable
+ *    bytes only (nothing the backend sent is echoed), and GREETING_ONLY
+ *    without naming queues nothing. */
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -58,19 +63,32 @@ static const char *const commands[PROTO_COUNT][3] = {
     [PROTO_SIEVE] = {"STARTTLS\r\n", NULL, NULL},
 };
 
-/* Checks what one call queued (out->data[from..len)); returns true if it
- * was the request for TLS. */
-static bool check_queued(enum proto proto, const struct buf *out, size_t from)
+/* The command that names the client, per protocol (NULL: none). */
+static const char *const naming[PROTO_COUNT] = {
+    [PROTO_SMTP] = "XCLIENT ADDR=",
+    [PROTO_IMAP] = "S2 ID (\"x-originating-ip\" ",
+    [PROTO_POP3] = "XCLIENT ADDR=",
+};
+
+enum queued { QUEUED_NOTHING, QUEUED_OTHER, QUEUED_TLS, QUEUED_NAMING };
+
+/* Checks what one call queued (out->data[from..len)). */
+static enum queued check_queued(enum proto proto, const struct buf *out, size_t from, bool identify)
 {
     size_t n = out->len - from;
     if (n == 0)
-        return false;
+        return QUEUED_NOTHING;
     check(n >= 2 && out->data[out->len - 2] == '\r' && out->data[out->len - 1] == '\n');
     for (size_t i = 0; commands[proto][i]; i++) {
         if (n == strlen(commands[proto][i]) && memcmp(out->data + from, commands[proto][i], n) == 0)
-            return i == 0;
+            return i == 0 ? QUEUED_TLS : QUEUED_OTHER;
     }
-    broken(__LINE__, "a queued command is not one of the protocol's commands");
+    const char *prefix = naming[proto];
+    check(identify && prefix != NULL);
+    check(n > strlen(prefix) && memcmp(out->data + from, prefix, strlen(prefix)) == 0);
+    for (size_t i = from; i < out->len - 2; i++)
+        check(out->data[i] >= 0x20 && out->data[i] < 0x7f);
+    return QUEUED_NAMING;
 }
 
 static void check_reason(const struct dialogue_backend *db)
@@ -89,14 +107,33 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if (size == 0)
         return 0;
     enum proto proto = (enum proto)(data[0] % PROTO_COUNT);
-    enum backend_mode mode = data[0] & 4 ? BACKEND_STARTTLS : BACKEND_GREETING_ONLY;
     const struct dialogue *d = dialogue_for(proto);
     check(d != NULL && d->on_backend_line);
+    enum backend_mode mode = data[0] & 4   ? BACKEND_STARTTLS
+                             : data[0] & 8 ? BACKEND_IDENTIFY
+                                           : BACKEND_GREETING_ONLY;
+    if (mode == BACKEND_IDENTIFY && !d->identify_start)
+        mode = BACKEND_GREETING_ONLY;
+    bool identify = mode == BACKEND_IDENTIFY ||
+                    (mode == BACKEND_GREETING_ONLY && d->identify_start && (data[0] & 16));
+    bool ipv6 = data[0] & 32;
     data++, size--;
 
     out.len = 0;
     dialogue_backend_init(&db, d, mode, HOSTNAME);
     check(db.mode == mode && db.reason[0] == '\0' && !db.offers_starttls && out.len == 0);
+    bool named = false;
+    if (identify) {
+        struct client_identity who = {.port = 4711, .local_port = 465, .ipv6 = ipv6};
+        snprintf(who.addr, sizeof who.addr, "%s", ipv6 ? "2001:db8::7" : "198.51.100.7");
+        snprintf(who.local_addr, sizeof who.local_addr, "%s", ipv6 ? "2001:db8::1" : "192.0.2.1");
+        dialogue_backend_identify(&db, d, &who, &out);
+        /* IDENTIFY mode starts at once (SMTP first asks EHLO for the attributes). */
+        if (mode == BACKEND_IDENTIFY)
+            named = check_queued(proto, &out, 0, true) == QUEUED_NAMING;
+        else
+            check(out.len == 0);
+    }
 
     enum backend_step step = BACKEND_NEED_MORE;
     bool asked_for_tls = false;
@@ -126,18 +163,28 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 
         check(step == BACKEND_NEED_MORE || step == BACKEND_GREETED || step == BACKEND_TLS_READY ||
               step == BACKEND_FAILED);
-        check(mode == BACKEND_STARTTLS || out.len == before);
-        if (check_queued(proto, &out, before)) {
+        check(mode == BACKEND_STARTTLS || identify || out.len == before);
+        switch (check_queued(proto, &out, before, identify)) {
+        case QUEUED_TLS:
+            check(mode == BACKEND_STARTTLS);
             check(!asked_for_tls); /* asked once */
             asked_for_tls = true;
             check(db.offers_starttls);
+            break;
+        case QUEUED_NAMING:
+            check(!named); /* named once */
+            named = true;
+            break;
+        default:
+            break;
         }
         switch (step) {
         case BACKEND_NEED_MORE:
             check(db.reason[0] == '\0');
             break;
         case BACKEND_GREETED:
-            check(mode == BACKEND_GREETING_ONLY && db.reason[0] == '\0');
+            check(mode != BACKEND_STARTTLS && db.reason[0] == '\0' && db.greeted);
+            check(!identify || named);
             break;
         case BACKEND_TLS_READY:
             check(mode == BACKEND_STARTTLS && db.offers_starttls && asked_for_tls);

@@ -15,6 +15,7 @@
 #include "config.h"
 #include "config_read.h"
 #include "config_value.h"
+#include "dialogue/dialogue.h"
 #include "tls.h"
 
 /* gethostname(), or "localhost" when it fails or is not a plain host name
@@ -116,9 +117,22 @@ static void finish_listener(struct config_loader *ld, struct config_record *rec)
                       "no route: add a [route] with sni = * and a backend");
 }
 
+/* xclient = yes names the client one way: not also with a PROXY header. */
+static void check_xclient(struct config_loader *ld, const struct config_record *rec,
+                          const struct cfg_backend *b)
+{
+    if (b->proxy_protocol != PROXY_NONE)
+        config_report(ld, config_key_line(rec, "xclient"), "xclient",
+                      "backend '%s' already gets a PROXY header (proxy_protocol, line %d); "
+                      "name the client one way only",
+                      b->name, config_key_line(rec, "proxy_protocol"));
+}
+
 static void finish_backend(struct config_loader *ld, struct config_record *rec)
 {
     const struct cfg_backend *b = &ld->cfg->backends[rec->index];
+    if (b->xclient)
+        check_xclient(ld, rec, b);
     for (int s = 0; s < SERVICE_COUNT; s++)
         if (b->endpoints[s].set)
             return;
@@ -223,10 +237,12 @@ static const struct config_record *record_of_backend(const struct config_loader 
     return NULL;
 }
 
-/* Checks that every listener can reach the route's backend. */
+/* Checks every listener/route pair that can occur: the listener must reach
+ * the route's backend in the mode the route gets on it. */
 static void check_pairs(struct config_loader *ld, const struct config_record *rec,
-                        const struct cfg_backend *b)
+                        const struct cfg_route *r)
 {
+    const struct cfg_backend *b = r->backend;
     int line = config_key_line(rec, "backend");
     for (size_t i = 0; i < ld->nrecs; i++) {
         const struct config_record *lrec = &ld->recs[i];
@@ -242,8 +258,21 @@ static void check_pairs(struct config_loader *ld, const struct config_record *re
                           l->name, info->name, b->name, info->name, b->name);
             continue;
         }
+        enum listen_mode mode = route_mode(l, r);
+        if (b->xclient && mode == MODE_PASSTHROUGH)
+            config_report(ld, line, "backend",
+                          "listener '%s' passes TLS through, so sallyport cannot name the client "
+                          "inside it to backend '%s' (xclient = yes); use proxy_protocol = v2 "
+                          "there, or mode = terminate",
+                          l->name, b->name);
+        else if (b->xclient && !dialogue_for(info->proto)->identify_start)
+            config_report(ld, line, "backend",
+                          "listener '%s' offers %s, but %s has no command that names the client "
+                          "to backend '%s' (xclient = yes); use proxy_protocol, or route it to a "
+                          "backend without xclient",
+                          l->name, info->name, dialogue_for(info->proto)->name, b->name);
         const char *why = passthrough_problem[info->tls][ep->tls];
-        if (l->mode != MODE_PASSTHROUGH || !why)
+        if (mode != MODE_PASSTHROUGH || !why)
             continue;
         char where[300];
         const struct sockaddr_in *sin = (const void *)&ep->addr.ss;
@@ -252,10 +281,10 @@ static void check_pairs(struct config_loader *ld, const struct config_record *re
         snprintf(where, sizeof where, strchr(ep->host, ':') ? "[%s]:%u" : "%s:%u", ep->host, port);
         config_report(
             ld, line, "backend",
-            "listener '%s' passes TLS through, so backend '%s' must speak %s for %s, but %s "
+            "listener '%s' passes TLS through%s, so backend '%s' must speak %s for %s, but %s "
             "is %s (%s)",
-            l->name, b->name, flavour_words[info->tls], info->name, where, flavour_words[ep->tls],
-            why);
+            l->name, r->mode_set && r->mode != l->mode ? " for this route (mode)" : "", b->name,
+            flavour_words[info->tls], info->name, where, flavour_words[ep->tls], why);
     }
 }
 
@@ -292,6 +321,12 @@ static void check_route(struct config_loader *ld, struct config_record *rec)
     struct config *cfg = ld->cfg;
     struct cfg_route *r = &cfg->routes[rec->index];
     check_sni(ld, rec);
+    r->mode_set = config_key_set(rec, "mode") && !rec->unusable; /* unusable: mode refused */
+    if (r->mode_set && r->mode == MODE_TERMINATE && cfg->ncertificates == 0)
+        config_report(ld, config_key_line(rec, "mode"), "mode",
+                      "route '%s' terminates TLS, but there is no [certificate] (add one, or "
+                      "set mode = passthrough)",
+                      r->name);
     if (!rec->backend_ref)
         return;
     for (size_t i = 0; i < cfg->nbackends; i++) {
@@ -299,7 +334,7 @@ static void check_route(struct config_loader *ld, struct config_record *rec)
             r->backend = &cfg->backends[i];
             const struct config_record *brec = record_of_backend(ld, i);
             if (brec && !brec->unusable)
-                check_pairs(ld, rec, r->backend);
+                check_pairs(ld, rec, r);
             return;
         }
     }

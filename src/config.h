@@ -6,8 +6,8 @@
  *   [listener NAME]          service (default: NAME when it is a service word),
  *                            address, mode, hostname
  *   [backend NAME]           host, one key per service word, ca, verify, tls_name,
- *                            proxy_protocol
- *   [route NAME]             sni, backend
+ *                            proxy_protocol, xclient
+ *   [route NAME]             sni, backend, mode (default: the listener's)
  *   [mailbox NAME]           address, tls, cert, key, maildir, users, hostname,
  *                            max_message_size; also usable as "backend = NAME"
  *
@@ -113,6 +113,9 @@ struct cfg_backend {
     bool verify;                       /* verify = yes */
     char *tls_name;                    /* tls_name = (the endpoint's host) */
     enum proxy_version proxy_protocol; /* proxy_protocol = no */
+    /* xclient = no: yes names the client in the protocol itself once
+     * sallyport terminated TLS: SMTP and POP3 XCLIENT, IMAP ID. */
+    bool xclient;
     /* Non-NULL when this backend is an embedded mailbox ([mailbox NAME] makes
      * one backend of the same name, every SMTP service at its address). */
     const struct cfg_mailbox *mailbox;
@@ -126,7 +129,18 @@ struct cfg_route {
     char *sni[ROUTE_MAX_NAMES]; /* lower-cased; "*.example.com" wildcards; "*" = default */
     size_t nsni;
     const struct cfg_backend *backend;
+    /* mode = (the listener's): terminate or passthrough for this route on
+     * every TLS listener, decided once the ClientHello named it. */
+    enum listen_mode mode;
+    bool mode_set;
 };
+
+/* What a listener does with the TLS of a connection routed to `route`. */
+static inline enum listen_mode route_mode(const struct cfg_listener *listener,
+                                          const struct cfg_route *route)
+{
+    return route && route->mode_set ? route->mode : listener->mode;
+}
 
 struct config {
     char *file;

@@ -1,6 +1,8 @@
 #include <errno.h>
 #include <openssl/err.h>
+#include <pthread.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -20,6 +22,102 @@ void conn_start_tls(struct conn *c, SSL *ssl)
 {
     c->ssl = ssl;
     SSL_set_fd(ssl, c->fd);
+}
+
+/* ---- the replay BIO: bytes already read, then the socket ----------------
+ *
+ * A filter BIO on top of the socket BIO. Reads return the bytes sallyport
+ * read before TLS started (the ClientHello it routed by) and then whatever
+ * the socket gives; writes, retries and every control go to the socket
+ * (so SSL_get_fd() still works). */
+
+struct replay {
+    size_t len, pos;
+    unsigned char bytes[]; /* len bytes */
+};
+
+static int replay_read(BIO *b, char *out, int outl)
+{
+    struct replay *r = BIO_get_data(b);
+    BIO_clear_retry_flags(b);
+    if (r && r->pos < r->len) {
+        size_t n = r->len - r->pos < (size_t)outl ? r->len - r->pos : (size_t)outl;
+        memcpy(out, r->bytes + r->pos, n);
+        r->pos += n;
+        return (int)n;
+    }
+    int ret = BIO_read(BIO_next(b), out, outl);
+    BIO_copy_next_retry(b);
+    return ret;
+}
+
+static int replay_write(BIO *b, const char *in, int inl)
+{
+    BIO_clear_retry_flags(b);
+    int ret = BIO_write(BIO_next(b), in, inl);
+    BIO_copy_next_retry(b);
+    return ret;
+}
+
+static long replay_ctrl(BIO *b, int cmd, long num, void *ptr)
+{
+    struct replay *r = BIO_get_data(b);
+    long own = r ? (long)(r->len - r->pos) : 0;
+    if (cmd == BIO_CTRL_PENDING)
+        return own + BIO_ctrl(BIO_next(b), cmd, num, ptr);
+    return BIO_ctrl(BIO_next(b), cmd, num, ptr);
+}
+
+static int replay_create(BIO *b)
+{
+    BIO_set_data(b, NULL);
+    BIO_set_init(b, 1);
+    return 1;
+}
+
+static int replay_destroy(BIO *b)
+{
+    free(BIO_get_data(b));
+    BIO_set_data(b, NULL);
+    return 1;
+}
+
+static BIO_METHOD *replay_method;
+static pthread_once_t replay_once = PTHREAD_ONCE_INIT;
+
+static void replay_method_init(void)
+{
+    BIO_METHOD *m = BIO_meth_new(BIO_get_new_index() | BIO_TYPE_FILTER, "sallyport replay");
+    if (m && BIO_meth_set_read(m, replay_read) && BIO_meth_set_write(m, replay_write) &&
+        BIO_meth_set_ctrl(m, replay_ctrl) && BIO_meth_set_create(m, replay_create) &&
+        BIO_meth_set_destroy(m, replay_destroy)) {
+        replay_method = m;
+        return;
+    }
+    BIO_meth_free(m);
+}
+
+bool conn_start_tls_replay(struct conn *c, SSL *ssl, const void *bytes, size_t len)
+{
+    pthread_once(&replay_once, replay_method_init);
+    struct replay *r = malloc(sizeof *r + len);
+    BIO *filter = replay_method ? BIO_new(replay_method) : NULL;
+    BIO *sock = BIO_new_socket(c->fd, BIO_NOCLOSE);
+    if (!r || !filter || !sock) {
+        free(r);
+        BIO_free(filter);
+        BIO_free(sock);
+        SSL_free(ssl);
+        return false;
+    }
+    r->len = len;
+    r->pos = 0;
+    memcpy(r->bytes, bytes, len);
+    BIO_set_data(filter, r);
+    BIO_push(filter, sock);
+    SSL_set_bio(ssl, filter, filter); /* one reference; SSL_free() frees the chain */
+    c->ssl = ssl;
+    return true;
 }
 
 /* Records the OpenSSL error queue (or errno) as the last error text. */

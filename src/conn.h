@@ -31,6 +31,11 @@ void conn_init(struct conn *c, int fd);
  * has already set it up as client or server. */
 void conn_start_tls(struct conn *c, SSL *ssl);
 
+/* Starts TLS like conn_start_tls(), but OpenSSL first reads `bytes` (len
+ * of them: what was read from the socket before, the ClientHello routed
+ * by), then the socket. Returns false (and frees ssl) when out of memory. */
+bool conn_start_tls_replay(struct conn *c, SSL *ssl, const void *bytes, size_t len);
+
 /* Reads up to `len` bytes. Returns >0 bytes read or a negative conn_result. */
 ssize_t conn_read(struct conn *c, void *buf, size_t len);
 

@@ -1,8 +1,8 @@
 /* session — one client connection, read top to bottom as its life:
  *
  *   accept -> [starttls listener: cleartext dialogue until STARTTLS]
- *          -> passthrough: ClientHello -> SNI -> route
- *             terminate:   TLS handshake (SNI -> route and certificate)
+ *          -> ClientHello -> SNI -> route, which says terminate or passthrough
+ *             terminate: TLS handshake, OpenSSL reading the ClientHello again
  *          -> connect backend -> prelude (greeting, STARTTLS dance) -> [backend TLS]
  *          -> relay both ways -> close, one log line
  */
@@ -52,7 +52,7 @@
 enum session_state {
     SESSION_PROXY_HEADER,      /* proxy_protocol listener: the load balancer's header first */
     SESSION_CLEARTEXT,         /* starttls listener: cleartext commands until STARTTLS */
-    SESSION_CLIENTHELLO,       /* passthrough: collecting the ClientHello to learn the SNI */
+    SESSION_CLIENTHELLO,       /* collecting the ClientHello to learn the SNI and route */
     SESSION_CLIENT_HANDSHAKE,  /* terminate: TLS handshake with the client */
     SESSION_CONNECTING,        /* non-blocking connect to the backend */
     SESSION_PRELUDE,           /* the backend's cleartext greeting and STARTTLS dance */
@@ -103,7 +103,6 @@ struct session {
     bool discarding_line;  /* skipping the rest of an over-long line */
     bool starttls_pending; /* go-ahead queued; TLS starts once it is sent */
     bool client_greeted;   /* the client already has a greeting from us */
-    bool client_checked;   /* the first byte after STARTTLS was seen to be TLS */
     int client_hs_wait;    /* events the client handshake is blocked on */
     int backend_hs_wait;
     int drain_wait;        /* events the final flush is blocked on */
@@ -111,6 +110,7 @@ struct session {
     size_t lingered_bytes; /* client input discarded while lingering */
 
     const struct cfg_route *route;
+    enum listen_mode mode; /* the listener's until routed, then the route's (route_mode()) */
     const struct endpoint *endpoint;
     bool has_sni;
     bool sni_refused;  /* the TLS handshake was refused: no route for the SNI */
@@ -147,6 +147,7 @@ static void connect_backend(struct session *s);
 static void start_relay(struct session *s);
 static void on_relay_io(struct session *s, int client_revents, int backend_revents);
 static void on_prelude_io(struct session *s, int revents);
+static void greet_after_backend_starttls(struct session *s);
 static bool read_prelude(struct session *s);
 
 /* ---- state and timers ----------------------------------------------------- */
@@ -267,7 +268,7 @@ static void log_session(const struct session *s)
     if (s->client.ssl && SSL_is_init_finished(s->client.ssl)) {
         version = SSL_get_version(s->client.ssl);
         cipher = SSL_get_cipher_name(s->client.ssl);
-    } else if (s->listener->mode == MODE_PASSTHROUGH && s->relay_started) {
+    } else if (s->mode == MODE_PASSTHROUGH && s->relay_started) {
         version = "passthrough";
     }
     char peer[64], backend_addr[64] = "-";
@@ -284,7 +285,7 @@ static void log_session(const struct session *s)
             "mode=%s tls=%s cipher=%s bytes_in=%llu bytes_out=%llu duration=%.3fs close=\"%s\"",
             s->listener->name, sock_addr_format(&s->peer.sa, peer, sizeof peer), s->worker->id, sni,
             s->route ? s->route->name : "-", s->route ? s->route->backend->name : "-", backend_addr,
-            s->listener->mode == MODE_TERMINATE ? "terminate" : "passthrough", version, cipher,
+            s->mode == MODE_TERMINATE ? "terminate" : "passthrough", version, cipher,
             (unsigned long long)in, (unsigned long long)out, ev_now(s->worker->loop) - s->started,
             s->close_reason);
 }
@@ -365,10 +366,7 @@ static void begin_client_tls(struct session *s)
 {
     s->starttls_pending = false;
     arm_timer(s, s->server->config->global.handshake_timeout);
-    if (s->listener->mode == MODE_PASSTHROUGH)
-        session_enter(s, SESSION_CLIENTHELLO);
-    else
-        session_enter(s, SESSION_CLIENT_HANDSHAKE);
+    session_enter(s, SESSION_CLIENTHELLO);
 }
 
 /* Runs every complete line in `up` through the dialogue. */
@@ -476,6 +474,7 @@ static bool route_session(struct session *s, const char *sni)
     if (sni)
         snprintf(s->sni, sizeof s->sni, "%s", sni);
     s->route = route_lookup(s->server->config->routes, s->server->config->nroutes, sni);
+    s->mode = route_mode(s->listener, s->route);
     return s->route != NULL;
 }
 
@@ -495,6 +494,11 @@ int session_check_alpn(void *session, const unsigned char *list, unsigned len)
     return at;
 }
 
+static void terminate_client_tls(struct session *s);
+static void on_client_handshake_io(struct session *s);
+
+/* Every TLS connection starts here: its ClientHello names the route, and
+ * the route says whether sallyport terminates the TLS or passes it on. */
 static void on_clienthello_io(struct session *s)
 {
     struct buf *up = held(s, &s->up);
@@ -514,62 +518,61 @@ static void on_clienthello_io(struct session *s)
     enum clienthello_result r = clienthello_parse(up->data, up->len, &hello);
     if (r == CLIENTHELLO_NEED_MORE && buf_space(up) > 0)
         return;
-    if (r == CLIENTHELLO_NOT_TLS && s->client_greeted) {
-        session_close(s, LOG_LEVEL_WARN,
-                      "command injection: cleartext after STARTTLS instead of a TLS handshake");
+    if (r == CLIENTHELLO_NOT_TLS) {
+        session_close(s, LOG_LEVEL_WARN, "%s",
+                      s->client_greeted ? "command injection: cleartext after STARTTLS instead "
+                                          "of a TLS handshake"
+                                        : "cleartext on an implicit-TLS port");
         return;
     }
     if (r != CLIENTHELLO_OK) {
+        /* A terminating listener lets OpenSSL judge (and answer with an
+         * alert) what this parser, stricter than it, refuses. */
+        if (s->listener->mode == MODE_TERMINATE) {
+            terminate_client_tls(s);
+            return;
+        }
         session_close(
             s, LOG_LEVEL_INFO, "bad ClientHello: %s",
             clienthello_result_name(r == CLIENTHELLO_NEED_MORE ? CLIENTHELLO_TOO_LARGE : r));
         return;
     }
     if (!route_session(s, hello.has_sni ? hello.sni : NULL)) {
-        session_close(s, LOG_LEVEL_INFO, "no route for this SNI");
+        /* A terminating listener refuses with alert unrecognized_name. */
+        if (s->listener->mode == MODE_TERMINATE)
+            terminate_client_tls(s);
+        else
+            session_close(s, LOG_LEVEL_INFO, "no route for this SNI");
         return;
     }
-    connect_backend(s);
+    if (s->mode == MODE_TERMINATE)
+        terminate_client_tls(s);
+    else
+        connect_backend(s);
 }
 
 /* ---- terminate: the client's TLS handshake --------------------------------- */
 
-/* Refuses cleartext where TLS must start, before OpenSSL sees it. Returns
- * false if the session closed or must wait. */
-static bool client_starts_with_tls(struct session *s)
+/* Hands the client's TLS to OpenSSL, which reads the bytes the ClientHello
+ * state already took from the socket before the socket itself. */
+static void terminate_client_tls(struct session *s)
 {
-    if (s->client_checked)
-        return true;
-    unsigned char first;
-    ssize_t n = recv(s->client.fd, &first, 1, MSG_PEEK);
-    if (n < 0 && (errno == EAGAIN || errno == EINTR))
-        return false;
-    if (n <= 0) {
-        session_close(s, LOG_LEVEL_INFO, "client closed before TLS");
-        return false;
-    }
-    if (first != TLS_HANDSHAKE_RECORD) {
-        session_close(s, LOG_LEVEL_WARN, "%s",
-                      s->client_greeted
-                          ? "command injection: cleartext after STARTTLS instead of a TLS "
-                            "handshake"
-                          : "cleartext on an implicit-TLS port");
-        return false;
-    }
-    s->client_checked = true;
+    struct buf *up = s->up;
     SSL *ssl = tls_store_accept(s->server->store, s);
-    if (!ssl) {
+    if (!ssl || !conn_start_tls_replay(&s->client, ssl, up->data, up->len)) {
         session_close(s, LOG_LEVEL_ERROR, "out of memory for TLS");
-        return false;
+        return;
     }
-    conn_start_tls(&s->client, ssl);
-    return true;
+    s->bytes_in -= up->len; /* counted again, decrypted, by the relay */
+    up->len = 0;
+    s->mode = MODE_TERMINATE;
+    s->client_hs_wait = EV_READ;
+    session_enter(s, SESSION_CLIENT_HANDSHAKE);
+    on_client_handshake_io(s); /* the ClientHello is in hand: no event will say so */
 }
 
 static void on_client_handshake_io(struct session *s)
 {
-    if (!client_starts_with_tls(s))
-        return;
     int r = conn_handshake(&s->client);
     if (r == CONN_WANT_READ || r == CONN_WANT_WRITE) {
         s->client_hs_wait = r == CONN_WANT_READ ? EV_READ : EV_WRITE;
@@ -613,11 +616,33 @@ static void connect_backend(struct session *s)
     ev_io_set(&s->backend_w, fd, 0);
 }
 
+/* What an xclient backend is told about the client (db->who). */
+static void describe_client(const struct session *s, struct client_identity *who)
+{
+    memset(who, 0, sizeof *who);
+    who->ipv6 = sock_addr_numeric(&s->peer.sa, who->addr, sizeof who->addr, &who->port) == AF_INET6;
+    union sock_any local = s->local;
+    socklen_t len = sizeof local;
+    if (s->has_local || getsockname(s->client.fd, &local.sa, &len) == 0)
+        if (!sock_addr_numeric(&local.sa, who->local_addr, sizeof who->local_addr,
+                               &who->local_port))
+            who->local_addr[0] = '\0';
+}
+
+/* Starts the backend's cleartext part. An xclient backend is told who the
+ * client is once its greeting was read, inside TLS where there is TLS:
+ * after the greeting (plain, implicit TLS) or after STARTTLS (IDENTIFY). */
 static void start_prelude(struct session *s, enum backend_mode mode)
 {
     dialogue_backend_init(&s->db, s->dialogue, mode, s->listener->hostname);
     s->prelude_seen = 0;
     session_enter(s, SESSION_PRELUDE);
+    if (s->route->backend->xclient && mode != BACKEND_STARTTLS && s->mode == MODE_TERMINATE) {
+        struct client_identity who;
+        describe_client(s, &who);
+        if (held(s, &s->prelude))
+            dialogue_backend_identify(&s->db, s->dialogue, &who, s->prelude);
+    }
 }
 
 static void start_backend_tls(struct session *s)
@@ -693,7 +718,7 @@ static void on_connected(struct session *s)
     if (!send_proxy_header(s))
         return;
     enum tls_flavour flavour = s->endpoint->tls;
-    if (s->listener->mode == MODE_PASSTHROUGH) {
+    if (s->mode == MODE_PASSTHROUGH) {
         /* Config validation guarantees implicit->implicit, starttls->starttls. */
         if (flavour == TLS_STARTTLS)
             start_prelude(s, BACKEND_STARTTLS);
@@ -724,10 +749,10 @@ static bool backend_said_nothing_more(struct session *s)
     return false;
 }
 
-static void on_prelude_line(struct session *s, size_t line_start, size_t line_len)
+/* One line from the backend (its '\n' included in line_len). */
+static void on_prelude_line(struct session *s, const char *line, size_t line_len)
 {
     size_t n = line_len - 1;
-    const char *line = (const char *)s->down->data + line_start;
     if (n > 0 && line[n - 1] == '\r')
         n--;
     if (!held(s, &s->prelude))
@@ -742,6 +767,10 @@ static void on_prelude_line(struct session *s, size_t line_start, size_t line_le
     case BACKEND_GREETED:
         if (!backend_said_nothing_more(s))
             return;
+        if (s->db.mode == BACKEND_IDENTIFY) {
+            greet_after_backend_starttls(s);
+            return;
+        }
         /* A client greeted by us must not see a second greeting, unless
          * the protocol greets again after STARTTLS (ManageSieve). */
         if (s->client_greeted && !s->dialogue->greets_after_starttls)
@@ -752,7 +781,7 @@ static void on_prelude_line(struct session *s, size_t line_start, size_t line_le
         if (!backend_said_nothing_more(s))
             return;
         s->down->len = 0;
-        if (s->listener->mode == MODE_PASSTHROUGH)
+        if (s->mode == MODE_PASSTHROUGH)
             start_relay(s);
         else
             start_backend_tls(s);
@@ -809,13 +838,20 @@ static bool read_prelude(struct session *s)
             fail_with_reply(s, "backend line too long in the prelude");
             return true;
         }
-        size_t line_start = s->prelude_seen;
-        s->prelude_seen += len;
-        on_prelude_line(s, line_start, len);
-        if (s->state == SESSION_PRELUDE && s->db.mode == BACKEND_STARTTLS) {
-            /* Never forwarded: drop parsed lines to keep the buffer small. */
-            buf_consume(down, s->prelude_seen);
-            s->prelude_seen = 0;
+        /* The client gets the greeting of a GREETING_ONLY backend; any
+         * other line (the STARTTLS dance, naming the client) is taken out
+         * of the buffer before it is parsed, which then holds only what
+         * is forwarded and what is not parsed yet. */
+        if (s->db.mode == BACKEND_GREETING_ONLY && !s->db.greeted) {
+            s->prelude_seen += len;
+            on_prelude_line(s, (const char *)start, len);
+        } else {
+            char line[DIALOGUE_LINE_MAX];
+            memcpy(line, start, len);
+            memmove(down->data + s->prelude_seen, down->data + s->prelude_seen + len,
+                    down->len - s->prelude_seen - len);
+            down->len -= len;
+            on_prelude_line(s, line, len);
         }
     }
     return true;
@@ -844,8 +880,18 @@ static void on_backend_handshake_io(struct session *s)
         on_prelude_io(s, EV_READ);               /* it may already be decrypted */
         return;
     }
-    /* STARTTLS backend: its greeting went to the dance. A protocol that
-     * greets after STARTTLS gets that from the backend itself. */
+    if (s->route->backend->xclient) {
+        start_prelude(s, BACKEND_IDENTIFY); /* name the client inside TLS first */
+        return;
+    }
+    greet_after_backend_starttls(s);
+}
+
+/* STARTTLS backend, TLS up (and the client named): its greeting went to
+ * the dance, so a client not yet greeted gets one from sallyport. A
+ * protocol that greets after STARTTLS gets that from the backend itself. */
+static void greet_after_backend_starttls(struct session *s)
+{
     if (!s->client_greeted && !s->dialogue->greets_after_starttls) {
         if (!held(s, &s->down))
             return;
@@ -1004,7 +1050,7 @@ static void wanted_events(const struct session *s, int *client, int *backend)
         *client = EV_READ;
         break;
     case SESSION_CLIENT_HANDSHAKE:
-        *client = s->client_checked ? s->client_hs_wait : EV_READ;
+        *client = s->client_hs_wait;
         break;
     case SESSION_CONNECTING:
         *backend = EV_WRITE;
@@ -1138,10 +1184,7 @@ static void session_begin(struct session *s, bool first)
         enter(s, SESSION_CLEARTEXT, first);
         arm_timer(s, global->plaintext_timeout);
     } else {
-        enter(s,
-              s->listener->mode == MODE_PASSTHROUGH ? SESSION_CLIENTHELLO
-                                                    : SESSION_CLIENT_HANDSHAKE,
-              first);
+        enter(s, SESSION_CLIENTHELLO, first);
         arm_timer(s, global->handshake_timeout);
     }
 }
@@ -1287,6 +1330,7 @@ void session_start(struct listener *listener, int fd, const struct sockaddr *pee
     s->worker = worker;
     s->server = server;
     s->listener = cfg;
+    s->mode = cfg->mode;
     s->service = service_info(cfg->service);
     s->dialogue = dialogue_for(s->service->proto);
     s->started = ev_now(worker->loop);

@@ -97,25 +97,35 @@ int sock_addr_parse(const char *text, uint16_t default_port, struct sock_addr *o
     return 0;
 }
 
-char *sock_addr_format(const struct sockaddr *sa, char *out, size_t outlen)
+int sock_addr_numeric(const struct sockaddr *sa, char *ip, size_t iplen, unsigned *port)
 {
-    char ip[INET6_ADDRSTRLEN] = "?";
     if (sa->sa_family == AF_INET) {
         const struct sockaddr_in *sin = (const struct sockaddr_in *)sa;
-        inet_ntop(AF_INET, &sin->sin_addr, ip, sizeof ip);
-        snprintf(out, outlen, "%s:%u", ip, ntohs(sin->sin_port));
-    } else if (sa->sa_family == AF_INET6) {
-        const struct sockaddr_in6 *sin6 = (const struct sockaddr_in6 *)sa;
-        if (IN6_IS_ADDR_V4MAPPED(&sin6->sin6_addr)) {
-            inet_ntop(AF_INET, &sin6->sin6_addr.s6_addr[12], ip, sizeof ip);
-            snprintf(out, outlen, "%s:%u", ip, ntohs(sin6->sin6_port));
-        } else {
-            inet_ntop(AF_INET6, &sin6->sin6_addr, ip, sizeof ip);
-            snprintf(out, outlen, "[%s]:%u", ip, ntohs(sin6->sin6_port));
-        }
-    } else {
-        snprintf(out, outlen, "?");
+        *port = ntohs(sin->sin_port);
+        return inet_ntop(AF_INET, &sin->sin_addr, ip, (socklen_t)iplen) ? AF_INET : 0;
     }
+    if (sa->sa_family == AF_INET6) {
+        const struct sockaddr_in6 *sin6 = (const struct sockaddr_in6 *)sa;
+        *port = ntohs(sin6->sin6_port);
+        if (IN6_IS_ADDR_V4MAPPED(&sin6->sin6_addr))
+            return inet_ntop(AF_INET, &sin6->sin6_addr.s6_addr[12], ip, (socklen_t)iplen) ? AF_INET
+                                                                                          : 0;
+        return inet_ntop(AF_INET6, &sin6->sin6_addr, ip, (socklen_t)iplen) ? AF_INET6 : 0;
+    }
+    return 0;
+}
+
+char *sock_addr_format(const struct sockaddr *sa, char *out, size_t outlen)
+{
+    char ip[INET6_ADDRSTRLEN];
+    unsigned port;
+    int family = sock_addr_numeric(sa, ip, sizeof ip, &port);
+    if (family == AF_INET)
+        snprintf(out, outlen, "%s:%u", ip, port);
+    else if (family == AF_INET6)
+        snprintf(out, outlen, "[%s]:%u", ip, port);
+    else
+        snprintf(out, outlen, "?");
     return out;
 }
 

@@ -32,6 +32,12 @@ void sock_any_set(union sock_any *out, const struct sockaddr *sa);
 int sock_addr_parse(const char *text, uint16_t default_port, struct sock_addr *out, char *host,
                     size_t hostlen, char *err, size_t errlen);
 
+/* Writes the numeric address of an AF_INET or AF_INET6 socket address into
+ * ip (INET6_ADDRSTRLEN suffices), an IPv4-mapped IPv6 address as IPv4, and
+ * its port into *port. Returns the family written (AF_INET or AF_INET6), or
+ * 0 for any other. */
+int sock_addr_numeric(const struct sockaddr *sa, char *ip, size_t iplen, unsigned *port);
+
 /* Formats an address as "1.2.3.4:25" or "[::1]:25" into out. Returns out. */
 char *sock_addr_format(const struct sockaddr *sa, char *out, size_t outlen);
 

@@ -37,8 +37,18 @@ void dialogue_backend_init(struct dialogue_backend *db, const struct dialogue *d
     memset(db, 0, sizeof *db);
     db->mode = mode;
     db->hostname = hostname;
+    db->greeted = mode == BACKEND_IDENTIFY; /* it greeted before STARTTLS */
     if (d->backend_start)
         d->backend_start(db);
+}
+
+void dialogue_backend_identify(struct dialogue_backend *db, const struct dialogue *d,
+                               const struct client_identity *who, struct buf *out)
+{
+    db->identify = true;
+    db->who = *who;
+    if (db->mode == BACKEND_IDENTIFY)
+        d->identify_start(db, out);
 }
 
 bool dialogue_verb_is(const char *line, size_t len, const char *verb)

@@ -40,6 +40,19 @@ struct dialogue_server {
 enum backend_mode {
     BACKEND_GREETING_ONLY, /* plain or implicit-TLS backend: read its greeting only */
     BACKEND_STARTTLS,      /* greeting, then negotiate STARTTLS */
+    BACKEND_IDENTIFY,      /* greeting already read (before STARTTLS): only name the client */
+};
+
+/* Who the client is, for a backend told so in its own protocol: SMTP and
+ * POP3 XCLIENT, IMAP ID with x-originating-ip (Postfix
+ * smtpd_authorized_xclient_hosts, Dovecot login_trusted_networks). Addresses
+ * are numeric (inet_ntop); `local_*` is the address the client reached. */
+struct client_identity {
+    char addr[46];
+    char local_addr[46];
+    unsigned port;
+    unsigned local_port;
+    bool ipv6; /* addr is IPv6 (SMTP writes it "IPV6:addr") */
 };
 
 enum backend_step {
@@ -56,7 +69,18 @@ struct dialogue_backend {
     unsigned state;       /* protocol-private */
     unsigned lines;       /* lines seen in the current reply (bounded) */
     bool offers_starttls; /* the backend advertised STARTTLS */
-    char reason[160];     /* why BACKEND_FAILED */
+    /* Set by the protocol once the backend's greeting is complete. The
+     * client sees the greeting of a GREETING_ONLY backend and nothing else
+     * the prelude reads: the session forwards the lines read before this
+     * became true and drops the rest. */
+    bool greeted; /* true from the start in IDENTIFY mode */
+    /* When set (dialogue_backend_identify()), the client is named to the
+     * backend after its greeting, before GREETED; a backend that does not
+     * take it fails the prelude. */
+    bool identify;
+    unsigned offered; /* protocol-private: what the backend advertised */
+    struct client_identity who;
+    char reason[160]; /* why BACKEND_FAILED */
 };
 
 struct dialogue {
@@ -93,6 +117,10 @@ struct dialogue {
     void (*backend_start)(struct dialogue_backend *db);
     enum backend_step (*on_backend_line)(struct dialogue_backend *db, const char *line, size_t len,
                                          struct buf *out);
+    /* Queues the first command that names the client (db->who) and enters
+     * the protocol's identify states; NULL when the protocol has none
+     * (ManageSieve: the config refuses xclient there). */
+    void (*identify_start)(struct dialogue_backend *db, struct buf *out);
 };
 
 /* Returns the dialogue of a protocol (never NULL for a valid proto). */
@@ -104,6 +132,12 @@ void dialogue_server_init(struct dialogue_server *ds, const char *hostname, unsi
 /* Initialises a client-side state and lets the protocol set itself up. */
 void dialogue_backend_init(struct dialogue_backend *db, const struct dialogue *d,
                            enum backend_mode mode, const char *hostname);
+
+/* Asks the dialogue to name the client to the backend (d->identify_start
+ * must exist). In BACKEND_IDENTIFY mode the first command is queued in out
+ * at once; otherwise after the greeting. */
+void dialogue_backend_identify(struct dialogue_backend *db, const struct dialogue *d,
+                               const struct client_identity *who, struct buf *out);
 
 /* Helpers for protocol files. */
 

@@ -164,6 +164,7 @@ enum imap_backend_state {
     IMAP_B_GREETING,   /* waiting for "* OK" */
     IMAP_B_CAPABILITY, /* "S0 CAPABILITY" sent, reading its answer */
     IMAP_B_STARTTLS,   /* "S1 STARTTLS" sent, waiting for "S1 OK" */
+    IMAP_B_ID,         /* identify: "S2 ID (...)" sent, waiting for "S2 OK" */
     IMAP_B_DONE,       /* nothing more is expected */
 };
 
@@ -208,6 +209,23 @@ static void imap_backend_start(struct dialogue_backend *db)
     db->state = IMAP_B_GREETING;
 }
 
+/* RFC 2971 ID with the fields Dovecot takes from a trusted peer
+ * (login_trusted_networks) as the client's address; others ignore them. */
+static void imap_identify_start(struct dialogue_backend *db, struct buf *out)
+{
+    const struct client_identity *who = &db->who;
+    if (who->local_addr[0])
+        dialogue_printf(out,
+                        "S2 ID (\"x-originating-ip\" \"%s\" \"x-originating-port\" \"%u\" "
+                        "\"x-connected-ip\" \"%s\" \"x-connected-port\" \"%u\")\r\n",
+                        who->addr, who->port, who->local_addr, who->local_port);
+    else
+        dialogue_printf(out,
+                        "S2 ID (\"x-originating-ip\" \"%s\" \"x-originating-port\" \"%u\")\r\n",
+                        who->addr, who->port);
+    db->state = IMAP_B_ID;
+}
+
 static enum backend_step imap_on_greeting(struct dialogue_backend *db, const char *line, size_t len,
                                           struct buf *out)
 {
@@ -220,6 +238,11 @@ static enum backend_step imap_on_greeting(struct dialogue_backend *db, const cha
         return imap_fail(db, "backend refused the session", line, len);
     if (!is_response(line, len, "* OK"))
         return imap_fail(db, "malformed greeting from backend", line, len);
+    db->greeted = true;
+    if (db->mode == BACKEND_GREETING_ONLY && db->identify) {
+        imap_identify_start(db, out);
+        return BACKEND_NEED_MORE;
+    }
     if (db->mode == BACKEND_GREETING_ONLY) {
         db->state = IMAP_B_DONE;
         return BACKEND_GREETED;
@@ -271,6 +294,15 @@ static enum backend_step imap_on_backend_line(struct dialogue_backend *db, const
             return imap_fail(db, "backend refused STARTTLS", line, len);
         db->state = IMAP_B_DONE;
         return BACKEND_TLS_READY;
+    case IMAP_B_ID:
+        if (is_response(line, len, "* BYE"))
+            return imap_fail(db, "backend closed the session", line, len);
+        if (starts_with(line, len, "* "))
+            return BACKEND_NEED_MORE; /* "* ID ...": the backend's own, not passed on */
+        if (!is_response(line, len, "S2 OK"))
+            return imap_fail(db, "backend refused ID", line, len);
+        db->state = IMAP_B_DONE;
+        return BACKEND_GREETED;
     default:
         return imap_fail(db, "unexpected line from backend", line, len);
     }
@@ -290,4 +322,5 @@ const struct dialogue dialogue_imap = {
     .fresh_greeting = imap_fresh_greeting,
     .backend_start = imap_backend_start,
     .on_backend_line = imap_on_backend_line,
+    .identify_start = imap_identify_start,
 };

@@ -111,6 +111,7 @@ enum pop3_backend_state {
     POP3_B_CAPA,      /* CAPA sent, waiting for "+OK" */
     POP3_B_CAPA_LIST, /* reading capability lines until "." */
     POP3_B_STLS,      /* STLS sent, waiting for "+OK" */
+    POP3_B_XCLIENT,   /* identify: XCLIENT sent, waiting for "+OK" */
     POP3_B_DONE,      /* nothing more is expected */
 };
 
@@ -131,6 +132,15 @@ static void pop3_backend_start(struct dialogue_backend *db)
     db->state = POP3_B_GREETING;
 }
 
+/* Dovecot's POP3 XCLIENT, taken from a peer in login_trusted_networks (its
+ * greeting then says "[XCLIENT]"); anyone else answers -ERR. */
+static void pop3_identify_start(struct dialogue_backend *db, struct buf *out)
+{
+    const struct client_identity *who = &db->who;
+    dialogue_printf(out, "XCLIENT ADDR=%s PORT=%u\r\n", who->addr, who->port);
+    db->state = POP3_B_XCLIENT;
+}
+
 static enum backend_step pop3_on_backend_line(struct dialogue_backend *db, const char *line,
                                               size_t len, struct buf *out)
 {
@@ -140,6 +150,11 @@ static enum backend_step pop3_on_backend_line(struct dialogue_backend *db, const
     case POP3_B_GREETING:
         if (!is_ok(line, len))
             return pop3_fail(db, "backend refused the session", line, len);
+        db->greeted = true;
+        if (db->mode == BACKEND_GREETING_ONLY && db->identify) {
+            pop3_identify_start(db, out);
+            return BACKEND_NEED_MORE;
+        }
         if (db->mode == BACKEND_GREETING_ONLY) {
             db->state = POP3_B_DONE;
             return BACKEND_GREETED;
@@ -169,6 +184,12 @@ static enum backend_step pop3_on_backend_line(struct dialogue_backend *db, const
             return pop3_fail(db, "backend refused STLS", line, len);
         db->state = POP3_B_DONE;
         return BACKEND_TLS_READY;
+    case POP3_B_XCLIENT:
+        if (!is_ok(line, len))
+            return pop3_fail(db, "backend refused XCLIENT (Dovecot: login_trusted_networks)", line,
+                             len);
+        db->state = POP3_B_DONE;
+        return BACKEND_GREETED;
     default:
         return pop3_fail(db, "unexpected line from backend", line, len);
     }
@@ -188,4 +209,5 @@ const struct dialogue dialogue_pop3 = {
     .fresh_greeting = pop3_fresh_greeting,
     .backend_start = pop3_backend_start,
     .on_backend_line = pop3_on_backend_line,
+    .identify_start = pop3_identify_start,
 };

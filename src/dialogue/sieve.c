@@ -191,6 +191,7 @@ static enum backend_step sieve_on_backend_line(struct dialogue_backend *db, cons
                 db->offers_starttls = true;
             return BACKEND_NEED_MORE;
         }
+        db->greeted = true;
         if (db->mode == BACKEND_GREETING_ONLY) {
             db->state = SIEVE_B_DONE;
             return BACKEND_GREETED;

@@ -128,7 +128,28 @@ enum smtp_backend_state {
     SMTP_B_GREETING, /* waiting for the 220 greeting */
     SMTP_B_EHLO,     /* EHLO sent, reading its reply */
     SMTP_B_STARTTLS, /* STARTTLS sent, waiting for 220 */
+    SMTP_B_ID_EHLO,  /* identify: EHLO sent to learn the XCLIENT attributes */
+    SMTP_B_XCLIENT,  /* XCLIENT sent, waiting for the fresh 220 greeting */
     SMTP_B_DONE,     /* nothing more is expected */
+};
+
+/* The XCLIENT attributes sallyport sends, when the backend lists them
+ * (Postfix XCLIENT_README). HELO and PROTO are left to the client's own
+ * EHLO, which follows: XCLIENT resets the session to a fresh greeting. */
+enum xclient_attr {
+    XCLIENT_NAME = 1 << 0,
+    XCLIENT_ADDR = 1 << 1,
+    XCLIENT_PORT = 1 << 2,
+    XCLIENT_DESTADDR = 1 << 3,
+    XCLIENT_DESTPORT = 1 << 4,
+};
+
+static const struct {
+    const char *word;
+    enum xclient_attr attr;
+} xclient_attrs[] = {
+    {"NAME", XCLIENT_NAME},         {"ADDR", XCLIENT_ADDR},         {"PORT", XCLIENT_PORT},
+    {"DESTADDR", XCLIENT_DESTADDR}, {"DESTPORT", XCLIENT_DESTPORT},
 };
 
 struct smtp_reply_line {
@@ -165,6 +186,54 @@ static void smtp_backend_start(struct dialogue_backend *db)
     db->state = SMTP_B_GREETING;
 }
 
+/* XCLIENT needs the backend's EHLO reply first: it lists the attributes the
+ * backend takes from us, and none when we are not authorized. */
+static void smtp_identify_start(struct dialogue_backend *db, struct buf *out)
+{
+    dialogue_printf(out, "EHLO %s\r\n", db->hostname);
+    db->offered = 0;
+    db->lines = 0;
+    db->state = SMTP_B_ID_EHLO;
+}
+
+/* Records the attributes of an "XCLIENT attr attr..." EHLO keyword. */
+static void note_xclient(struct dialogue_backend *db, const char *text, size_t len)
+{
+    if (len < 7 || strncasecmp(text, "XCLIENT", 7) != 0 || (len > 7 && text[7] != ' '))
+        return;
+    for (size_t at = 7; at < len;) {
+        while (at < len && text[at] == ' ')
+            at++;
+        size_t end = at;
+        while (end < len && text[end] != ' ')
+            end++;
+        for (size_t i = 0; i < sizeof xclient_attrs / sizeof xclient_attrs[0]; i++) {
+            const char *word = xclient_attrs[i].word;
+            if (end - at == strlen(word) && strncasecmp(text + at, word, end - at) == 0)
+                db->offered |= xclient_attrs[i].attr;
+        }
+        at = end;
+    }
+}
+
+/* Queues "XCLIENT ..." with what the backend takes and sallyport knows. */
+static void queue_xclient(struct dialogue_backend *db, struct buf *out)
+{
+    const struct client_identity *who = &db->who;
+    char cmd[256];
+    int n = snprintf(cmd, sizeof cmd, "XCLIENT ADDR=%s%s", who->ipv6 ? "IPV6:" : "", who->addr);
+    if (db->offered & XCLIENT_NAME) /* no reverse lookup here: say so */
+        n += snprintf(cmd + n, sizeof cmd - (size_t)n, " NAME=[UNAVAILABLE]");
+    if (db->offered & XCLIENT_PORT)
+        n += snprintf(cmd + n, sizeof cmd - (size_t)n, " PORT=%u", who->port);
+    if ((db->offered & XCLIENT_DESTADDR) && who->local_addr[0])
+        n += snprintf(cmd + n, sizeof cmd - (size_t)n, " DESTADDR=%s%s",
+                      strchr(who->local_addr, ':') ? "IPV6:" : "", who->local_addr);
+    if ((db->offered & XCLIENT_DESTPORT) && who->local_addr[0])
+        snprintf(cmd + n, sizeof cmd - (size_t)n, " DESTPORT=%u", who->local_port);
+    dialogue_printf(out, "%s\r\n", cmd);
+}
+
 static enum backend_step smtp_on_backend_line(struct dialogue_backend *db, const char *line,
                                               size_t len, struct buf *out)
 {
@@ -181,6 +250,11 @@ static enum backend_step smtp_on_backend_line(struct dialogue_backend *db, const
         if (!r.last)
             return BACKEND_NEED_MORE;
         db->lines = 0;
+        db->greeted = true;
+        if (db->mode == BACKEND_GREETING_ONLY && db->identify) {
+            smtp_identify_start(db, out);
+            return BACKEND_NEED_MORE;
+        }
         if (db->mode == BACKEND_GREETING_ONLY) {
             db->state = SMTP_B_DONE;
             return BACKEND_GREETED;
@@ -211,6 +285,29 @@ static enum backend_step smtp_on_backend_line(struct dialogue_backend *db, const
             return BACKEND_NEED_MORE;
         db->state = SMTP_B_DONE;
         return BACKEND_TLS_READY;
+    case SMTP_B_ID_EHLO:
+        if (r.code != 250)
+            return backend_fail(db, "backend refused EHLO", line, len);
+        if (db->lines > 1)
+            note_xclient(db, r.text, r.text_len);
+        if (!r.last)
+            return BACKEND_NEED_MORE;
+        db->lines = 0;
+        if (!(db->offered & XCLIENT_ADDR))
+            return backend_fail(db,
+                                "backend does not offer XCLIENT ADDR to sallyport (Postfix: "
+                                "smtpd_authorized_xclient_hosts)",
+                                line, len);
+        queue_xclient(db, out);
+        db->state = SMTP_B_XCLIENT;
+        return BACKEND_NEED_MORE;
+    case SMTP_B_XCLIENT:
+        if (r.code / 100 != 2)
+            return backend_fail(db, "backend refused XCLIENT", line, len);
+        if (!r.last)
+            return BACKEND_NEED_MORE;
+        db->state = SMTP_B_DONE;
+        return BACKEND_GREETED;
     default:
         return backend_fail(db, "unexpected reply from backend", line, len);
     }
@@ -229,4 +326,5 @@ const struct dialogue dialogue_smtp = {
     .fresh_greeting = smtp_fresh_greeting,
     .backend_start = smtp_backend_start,
     .on_backend_line = smtp_on_backend_line,
+    .identify_start = smtp_identify_start,
 };

@@ -310,6 +310,7 @@ class Dovecot:
         self.dir = None                            # where it is while open
         self.hostname = hostname
         self.users = dict(DEFAULT_USERS if users is None else users)
+        self.extra_local_ports = set()   # see allow_local_port()
         for user in self.users:
             _check_user_name(user)
         self.password_scheme = password_scheme
@@ -393,9 +394,22 @@ class Dovecot:
                 wanted.add(f"{port}-{secured}")
                 _write_file(self.auth_dir / "deny" / f"{port}-{secured}",
                             everyone if deny else "", 0, self._auth_gid, 0o640)
+        for port in self.extra_local_ports:
+            for secured in ("", "secured", "TLS"):
+                wanted.add(f"{port}-{secured}")
+                _write_file(self.auth_dir / "deny" / f"{port}-{secured}", "", 0,
+                            self._auth_gid, 0o640)
         for f in (self.auth_dir / "deny").iterdir():
             if f.name not in wanted:     # ports of an earlier start()
                 f.unlink()
+
+    def allow_local_port(self, port):
+        """Lets logins through whose local port is `port`: a trusted proxy
+        (login_trusted_networks) that names the address its client reached
+        (IMAP ID x-connected-port) moves the login to that port, and the
+        deny passdb needs a file for it (empty: nothing denied)."""
+        self.extra_local_ports.add(port)
+        self._write_deny_files()
 
     def set_user(self, user, password):
         """Adds a user or changes a password; takes effect at once (Dovecot

@@ -51,6 +51,17 @@ static inline int fx_teardown(void **state)
     return 0;
 }
 
+/* A client to name to a backend (local_addr "" when unknown). */
+static inline struct client_identity harness_client(const char *addr, unsigned port,
+                                                    const char *local_addr, unsigned local_port)
+{
+    struct client_identity who = {.port = port, .local_port = local_port};
+    snprintf(who.addr, sizeof who.addr, "%s", addr);
+    snprintf(who.local_addr, sizeof who.local_addr, "%s", local_addr);
+    who.ipv6 = strchr(addr, ':') != NULL;
+    return who;
+}
+
 /* Renders bytes for a failure message, escaping anything unprintable. */
 static inline const char *shown(const void *bytes, size_t len, char *to, size_t size)
 {

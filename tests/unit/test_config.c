@@ -570,7 +570,7 @@ static void test_unknown_key(void **state)
     (void)state;
     expect_errors(BASE "[backend mx2]\nhost = 10.0.0.6\nweight = 2\n",
                   "cfg:12: weight: unknown key in [backend mx2] (expected host, ca, verify, "
-                  "tls_name, proxy_protocol or a service word such as submission)\n",
+                  "tls_name, proxy_protocol, xclient or a service word such as submission)\n",
                   1);
 }
 
@@ -588,6 +588,72 @@ static void test_backend_proxy_protocol(void **state)
                   "cfg:12: proxy_protocol: unknown PROXY protocol version 'yes' (expected v1, "
                   "v2 or no)\n",
                   1);
+}
+
+static void test_backend_xclient(void **state)
+{
+    (void)state;
+    static const char terminate[] = CERT "[listener submissions]\n"
+                                         "[listener imaps]\n"
+                                         "[backend mx1]\nhost = 10.0.0.5\nxclient = yes\n"
+                                         "[route r]\nsni = *\nbackend = mx1\n";
+    struct result r = load(terminate);
+    assert_string_equal(r.errors, "");
+    assert_true(r.cfg->backends[0].xclient);
+    done(&r);
+    r = load(BASE);
+    assert_false(r.cfg->backends[0].xclient); /* off unless asked */
+    done(&r);
+    /* Passthrough: sallyport never sees inside the TLS it would name the client in. */
+    expect_errors("[listener submissions]\nmode = passthrough\n"
+                  "[backend mx1]\nhost = 10.0.0.5\nxclient = yes\n"
+                  "[route r]\nsni = *\nbackend = mx1\n",
+                  "cfg:8: backend: listener 'submissions' passes TLS through, so sallyport "
+                  "cannot name the client inside it to backend 'mx1' (xclient = yes); use "
+                  "proxy_protocol = v2 there, or mode = terminate\n",
+                  1);
+    /* ManageSieve has no such command. */
+    expect_errors(CERT "[listener sieve]\n"
+                       "[backend mx1]\nhost = 10.0.0.5\nxclient = yes\n"
+                       "[route r]\nsni = *\nbackend = mx1\n",
+                  "cfg:10: backend: listener 'sieve' offers sieve, but sieve has no command that "
+                  "names the client to backend 'mx1' (xclient = yes); use proxy_protocol, or "
+                  "route it to a backend without xclient\n",
+                  1);
+    /* One way only. */
+    expect_errors(CERT "[listener submissions]\n"
+                       "[backend mx1]\nhost = 10.0.0.5\nproxy_protocol = v2\nxclient = yes\n"
+                       "[route r]\nsni = *\nbackend = mx1\n",
+                  "cfg:8: xclient: backend 'mx1' already gets a PROXY header (proxy_protocol, "
+                  "line 7); name the client one way only\n",
+                  1);
+}
+
+static void test_route_mode(void **state)
+{
+    (void)state;
+    struct result r = load(CERT "[listener submissions]\nmode = passthrough\n"
+                                "[backend mx1]\nhost = 10.0.0.5\n"
+                                "[route a]\nsni = a.example\nbackend = mx1\nmode = terminate\n"
+                                "[route b]\nsni = *\nbackend = mx1\n");
+    assert_string_equal(r.errors, "");
+    const struct cfg_listener *l = &r.cfg->listeners[0];
+    assert_true(r.cfg->routes[0].mode_set);
+    assert_int_equal(route_mode(l, &r.cfg->routes[0]), MODE_TERMINATE);
+    assert_false(r.cfg->routes[1].mode_set); /* the listener's */
+    assert_int_equal(route_mode(l, &r.cfg->routes[1]), MODE_PASSTHROUGH);
+    assert_int_equal(route_mode(l, NULL), MODE_PASSTHROUGH);
+    done(&r);
+    /* Each listener/route pair is checked in the route's mode. */
+    expect_errors(CERT "[listener submission]\n"
+                       "[backend mx1]\nsubmission = 10.0.0.5:587 plain\n"
+                       "[route a]\nsni = *\nbackend = mx1\nmode = passthrough\n",
+                  "cfg:9: backend: listener 'submission' passes TLS through for this route "
+                  "(mode), so backend 'mx1' must speak STARTTLS for submission, but "
+                  "10.0.0.5:587 is plain (a plaintext backend cannot receive a TLS stream)\n",
+                  1);
+    expect_errors(BASE "mode = sideways\n",
+                  "cfg:10: mode: unknown mode 'sideways' (expected terminate or passthrough)\n", 1);
 }
 
 static void test_key_outside_section(void **state)
@@ -1138,6 +1204,8 @@ int main(void)
         cmocka_unit_test(test_workers),
         cmocka_unit_test(test_proxy_protocol_keys),
         cmocka_unit_test(test_backend_proxy_protocol),
+        cmocka_unit_test(test_backend_xclient),
+        cmocka_unit_test(test_route_mode),
         cmocka_unit_test(test_backend_overrides),
         cmocka_unit_test(test_backend_ipv6_host),
         cmocka_unit_test(test_mailbox_as_backend),

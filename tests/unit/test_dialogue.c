@@ -693,6 +693,71 @@ static void test_nothing_after_tls_ready(void **state)
     assert_failed(f, backend_line(f, "250 injected"), "unexpected");
 }
 
+/* ---- client side: naming the client (xclient = yes) ---- */
+
+static void identify(struct fx *f, enum backend_mode mode, const char *addr)
+{
+    struct client_identity who = harness_client(addr, 4711, "192.0.2.1", 465);
+    backend_init(f, mode);
+    f->out.len = 0;
+    dialogue_backend_identify(&f->db, smtp(), &who, &f->out);
+}
+
+static void test_backend_xclient_after_greeting(void **state)
+{
+    struct fx *f = *state;
+    identify(f, BACKEND_GREETING_ONLY, "203.0.113.7");
+    assert_int_equal(f->out.len, 0); /* nothing before the greeting */
+    assert_int_equal(backend_line(f, "220-backend.example ESMTP"), BACKEND_NEED_MORE);
+    assert_false(f->db.greeted);
+    assert_int_equal(backend_line(f, "220 more"), BACKEND_NEED_MORE);
+    assert_true(f->db.greeted); /* lines so far are the client's greeting */
+    assert_out(&f->out, "EHLO " SELF "\r\n");
+    assert_int_equal(backend_line(f, "250-backend.example"), BACKEND_NEED_MORE);
+    assert_int_equal(backend_line(f, "250-XCLIENT NAME ADDR PROTO HELO PORT DESTADDR DESTPORT"),
+                     BACKEND_NEED_MORE);
+    assert_int_equal(backend_line(f, "250 8BITMIME"), BACKEND_NEED_MORE);
+    assert_out(&f->out, "XCLIENT ADDR=203.0.113.7 NAME=[UNAVAILABLE] PORT=4711 "
+                        "DESTADDR=192.0.2.1 DESTPORT=465\r\n");
+    assert_int_equal(backend_line(f, "220 backend.example ESMTP"), BACKEND_GREETED);
+    assert_int_equal(f->out.len, 0);
+}
+
+static void test_backend_xclient_sends_only_what_is_listed(void **state)
+{
+    struct fx *f = *state;
+    identify(f, BACKEND_IDENTIFY, "2001:db8::7");
+    assert_out(&f->out, "EHLO " SELF "\r\n"); /* at once: the greeting came before STARTTLS */
+    assert_int_equal(backend_line(f, "250-b"), BACKEND_NEED_MORE);
+    assert_int_equal(backend_line(f, "250 xclient addr"), BACKEND_NEED_MORE);
+    assert_out(&f->out, "XCLIENT ADDR=IPV6:2001:db8::7\r\n");
+    assert_int_equal(backend_line(f, "250 ok"), BACKEND_GREETED); /* any 2xx */
+}
+
+static void test_backend_xclient_refusals(void **state)
+{
+    struct fx *f = *state;
+    /* Not offered (sallyport is not in smtpd_authorized_xclient_hosts). */
+    identify(f, BACKEND_IDENTIFY, "203.0.113.7");
+    assert_int_equal(backend_line(f, "250-b"), BACKEND_NEED_MORE);
+    assert_failed(f, backend_line(f, "250 PIPELINING"), "does not offer XCLIENT ADDR");
+    /* Offered without ADDR, or a look-alike keyword. */
+    identify(f, BACKEND_IDENTIFY, "203.0.113.7");
+    assert_int_equal(backend_line(f, "250-b"), BACKEND_NEED_MORE);
+    assert_int_equal(backend_line(f, "250-XCLIENTS ADDR"), BACKEND_NEED_MORE);
+    assert_failed(f, backend_line(f, "250 XCLIENT NAME HELO"), "does not offer XCLIENT ADDR");
+    /* The first line is the server's name, not a keyword. */
+    identify(f, BACKEND_IDENTIFY, "203.0.113.7");
+    assert_failed(f, backend_line(f, "250 XCLIENT ADDR"), "does not offer XCLIENT ADDR");
+    /* EHLO refused, XCLIENT refused. */
+    identify(f, BACKEND_IDENTIFY, "203.0.113.7");
+    assert_failed(f, backend_line(f, "502 no"), "refused EHLO");
+    identify(f, BACKEND_IDENTIFY, "203.0.113.7");
+    assert_int_equal(backend_line(f, "250-b"), BACKEND_NEED_MORE);
+    assert_int_equal(backend_line(f, "250 XCLIENT ADDR"), BACKEND_NEED_MORE);
+    assert_failed(f, backend_line(f, "550 5.7.0 insufficient authorization"), "refused XCLIENT");
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -744,6 +809,10 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_ehlo_reply_too_long, fx_setup, fx_teardown),
         cmocka_unit_test_setup_teardown(test_line_count_is_per_reply, fx_setup, fx_teardown),
         cmocka_unit_test_setup_teardown(test_nothing_after_tls_ready, fx_setup, fx_teardown),
+        cmocka_unit_test_setup_teardown(test_backend_xclient_after_greeting, fx_setup, fx_teardown),
+        cmocka_unit_test_setup_teardown(test_backend_xclient_sends_only_what_is_listed, fx_setup,
+                                        fx_teardown),
+        cmocka_unit_test_setup_teardown(test_backend_xclient_refusals, fx_setup, fx_teardown),
     };
     return cmocka_run_group_tests_name("dialogue (SMTP server and backend sides)", tests, NULL,
                                        NULL);

@@ -536,6 +536,55 @@ static void test_backend_okay_is_not_ok(void **state)
     free(out);
 }
 
+/* ---- client side: naming the client (xclient = yes) ---- */
+
+static void identify(struct fx *f, enum backend_mode mode, const char *local)
+{
+    struct client_identity who = harness_client("203.0.113.7", 4711, local, 993);
+    backend_init(f, mode);
+    f->out.len = 0;
+    dialogue_backend_identify(&f->db, imap(), &who, &f->out);
+}
+
+#define ID_FULL                                                                                    \
+    "S2 ID (\"x-originating-ip\" \"203.0.113.7\" \"x-originating-port\" \"4711\" "                 \
+    "\"x-connected-ip\" \"192.0.2.1\" \"x-connected-port\" \"993\")\r\n"
+
+static void test_backend_id_after_greeting(void **state)
+{
+    struct fx *f = *state;
+    identify(f, BACKEND_GREETING_ONLY, "192.0.2.1");
+    assert_int_equal(f->out.len, 0);
+    step(f, "* OK [CAPABILITY IMAP4rev1 ID] ready", BACKEND_NEED_MORE, ID_FULL);
+    assert_true(f->db.greeted);
+    step(f, "* ID (\"name\" \"Dovecot\")", BACKEND_NEED_MORE, "");
+    step(f, "S2 OK ID completed.", BACKEND_GREETED, "");
+}
+
+static void test_backend_id_after_starttls(void **state)
+{
+    struct fx *f = *state;
+    identify(f, BACKEND_IDENTIFY, "");
+    assert_out(&f->out, "S2 ID (\"x-originating-ip\" \"203.0.113.7\" \"x-originating-port\" "
+                        "\"4711\")\r\n");
+    step(f, "* ID NIL", BACKEND_NEED_MORE, "");
+    step(f, "S2 OK", BACKEND_GREETED, "");
+}
+
+static void test_backend_id_refused(void **state)
+{
+    struct fx *f = *state;
+    identify(f, BACKEND_IDENTIFY, "192.0.2.1");
+    step(f, "S2 NO not now", BACKEND_FAILED, "");
+    assert_non_null(strstr(f->db.reason, "refused ID"));
+    identify(f, BACKEND_IDENTIFY, "192.0.2.1");
+    step(f, "* BYE going away", BACKEND_FAILED, "");
+    identify(f, BACKEND_IDENTIFY, "192.0.2.1");
+    step(f, "S2 OKAY", BACKEND_FAILED, "");
+    identify(f, BACKEND_IDENTIFY, "192.0.2.1");
+    step(f, "* ID {5}", BACKEND_FAILED, ""); /* no literal before the relay */
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -576,6 +625,9 @@ int main(void)
         FX(test_untagged_tolerated),
         FX(test_too_many_lines),
         FX(test_backend_literal),
+        cmocka_unit_test_setup_teardown(test_backend_id_after_greeting, fx_setup, fx_teardown),
+        cmocka_unit_test_setup_teardown(test_backend_id_after_starttls, fx_setup, fx_teardown),
+        cmocka_unit_test_setup_teardown(test_backend_id_refused, fx_setup, fx_teardown),
     };
     return cmocka_run_group_tests_name("dialogue (IMAP server and backend sides)", tests, NULL,
                                        NULL);

@@ -441,6 +441,37 @@ static void test_reason_is_printable(void **state)
 
 #define FX(t) cmocka_unit_test_setup_teardown(t, fx_setup, fx_teardown)
 
+/* ---- client side: naming the client (xclient = yes) ---- */
+
+static void identify(struct fx *f, enum backend_mode mode)
+{
+    struct client_identity who = harness_client("203.0.113.7", 4711, "192.0.2.1", 995);
+    backend_init(f, mode);
+    f->out.len = 0;
+    dialogue_backend_identify(&f->db, pop3(), &who, &f->out);
+}
+
+static void test_backend_xclient_after_greeting(void **state)
+{
+    struct fx *f = *state;
+    identify(f, BACKEND_GREETING_ONLY);
+    assert_int_equal(f->out.len, 0);
+    step(f, "+OK [XCLIENT] Dovecot ready.", BACKEND_NEED_MORE,
+         "XCLIENT ADDR=203.0.113.7 PORT=4711\r\n");
+    assert_true(f->db.greeted);
+    step(f, "+OK", BACKEND_GREETED, "");
+}
+
+static void test_backend_xclient_after_stls(void **state)
+{
+    struct fx *f = *state;
+    identify(f, BACKEND_IDENTIFY);
+    assert_out(&f->out, "XCLIENT ADDR=203.0.113.7 PORT=4711\r\n");
+    step_fails(f, "-ERR You're not allowed to use XCLIENT", "login_trusted_networks");
+    identify(f, BACKEND_IDENTIFY);
+    step_fails(f, "+OKAY", "refused XCLIENT");
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -474,6 +505,8 @@ int main(void)
         FX(test_stls_refused),
         FX(test_too_many_lines),
         FX(test_reason_is_printable),
+        cmocka_unit_test_setup_teardown(test_backend_xclient_after_greeting, fx_setup, fx_teardown),
+        cmocka_unit_test_setup_teardown(test_backend_xclient_after_stls, fx_setup, fx_teardown),
     };
     return cmocka_run_group_tests_name("dialogue (POP3 server and backend sides)", tests, NULL,
                                        NULL);
