@@ -258,8 +258,9 @@ static void check_config(const struct config *c)
     }
     for (size_t i = 0; i < c->nroutes; i++) {
         const struct cfg_route *r = &c->routes[i];
-        check(r->backend != NULL);
-        check(r->backend >= c->backends && r->backend < c->backends + c->nbackends);
+        check(r->nbackends >= 1 && r->nbackends <= ROUTE_MAX_BACKENDS);
+        for (size_t k = 0; k < r->nbackends; k++)
+            check(r->backends[k] >= c->backends && r->backends[k] < c->backends + c->nbackends);
         check(r->nsni >= 1 && r->nsni <= ROUTE_MAX_NAMES);
         for (size_t j = 0; j < r->nsni; j++)
             check(r->sni[j][0] != '\0' && is_lower_name(r->sni[j]));

@@ -196,7 +196,8 @@ static void finish_mailbox(struct config_loader *ld, struct config_record *rec)
         ep->line = config_key_line(rec, "address");
         snprintf(ep->host, sizeof ep->host, "%s", host);
         ep->tls = m->tls;
-        ep->addr = m->addr;
+        ep->addrs[0] = m->addr;
+        ep->naddrs = 1;
     }
 }
 
@@ -240,9 +241,8 @@ static const struct config_record *record_of_backend(const struct config_loader 
 /* Checks every listener/route pair that can occur: the listener must reach
  * the route's backend in the mode the route gets on it. */
 static void check_pairs(struct config_loader *ld, const struct config_record *rec,
-                        const struct cfg_route *r)
+                        const struct cfg_route *r, const struct cfg_backend *b)
 {
-    const struct cfg_backend *b = r->backend;
     int line = config_key_line(rec, "backend");
     for (size_t i = 0; i < ld->nrecs; i++) {
         const struct config_record *lrec = &ld->recs[i];
@@ -275,9 +275,10 @@ static void check_pairs(struct config_loader *ld, const struct config_record *re
         if (mode != MODE_PASSTHROUGH || !why)
             continue;
         char where[300];
-        const struct sockaddr_in *sin = (const void *)&ep->addr.ss;
-        const struct sockaddr_in6 *sin6 = (const void *)&ep->addr.ss;
-        unsigned port = ntohs(ep->addr.ss.ss_family == AF_INET ? sin->sin_port : sin6->sin6_port);
+        const struct sockaddr_in *sin = (const void *)&ep->addrs[0].ss;
+        const struct sockaddr_in6 *sin6 = (const void *)&ep->addrs[0].ss;
+        unsigned port =
+            ntohs(ep->addrs[0].ss.ss_family == AF_INET ? sin->sin_port : sin6->sin6_port);
         snprintf(where, sizeof where, strchr(ep->host, ':') ? "[%s]:%u" : "%s:%u", ep->host, port);
         config_report(
             ld, line, "backend",
@@ -316,6 +317,44 @@ static void check_sni(struct config_loader *ld, const struct config_record *rec)
     }
 }
 
+/* "backend = NAME...": finds each (in order, each once, at most
+ * ROUTE_MAX_BACKENDS) and checks every listener against it. */
+static void link_backends(struct config_loader *ld, const struct config_record *rec,
+                          struct cfg_route *r)
+{
+    const struct config *cfg = ld->cfg;
+    int line = config_key_line(rec, "backend");
+    const char *p = rec->backend_ref;
+    for (;;) {
+        p += strspn(p, " \t");
+        size_t n = strcspn(p, " \t");
+        if (n == 0)
+            break;
+        size_t i = 0;
+        while (i < cfg->nbackends &&
+               (strlen(cfg->backends[i].name) != n || strncmp(cfg->backends[i].name, p, n) != 0))
+            i++;
+        size_t k = 0;
+        while (i < cfg->nbackends && k < r->nbackends && r->backends[k] != &cfg->backends[i])
+            k++;
+        if (i == cfg->nbackends) {
+            config_report(ld, line, "backend", "no backend or mailbox named '%.*s'", (int)n, p);
+        } else if (k < r->nbackends) {
+            config_report(ld, line, "backend", "'%.*s' is listed twice", (int)n, p);
+        } else if (r->nbackends == ROUTE_MAX_BACKENDS) {
+            config_report(ld, line, "backend", "more than %d backends (list at most %d)",
+                          ROUTE_MAX_BACKENDS, ROUTE_MAX_BACKENDS);
+            return;
+        } else {
+            r->backends[r->nbackends++] = &cfg->backends[i];
+            const struct config_record *brec = record_of_backend(ld, i);
+            if (brec && !brec->unusable)
+                check_pairs(ld, rec, r, &cfg->backends[i]);
+        }
+        p += n;
+    }
+}
+
 static void check_route(struct config_loader *ld, struct config_record *rec)
 {
     struct config *cfg = ld->cfg;
@@ -327,19 +366,8 @@ static void check_route(struct config_loader *ld, struct config_record *rec)
                       "route '%s' terminates TLS, but there is no [certificate] (add one, or "
                       "set mode = passthrough)",
                       r->name);
-    if (!rec->backend_ref)
-        return;
-    for (size_t i = 0; i < cfg->nbackends; i++) {
-        if (strcmp(cfg->backends[i].name, rec->backend_ref) == 0) {
-            r->backend = &cfg->backends[i];
-            const struct config_record *brec = record_of_backend(ld, i);
-            if (brec && !brec->unusable)
-                check_pairs(ld, rec, r);
-            return;
-        }
-    }
-    config_report(ld, config_key_line(rec, "backend"), "backend",
-                  "no backend or mailbox named '%s'", rec->backend_ref);
+    if (rec->backend_ref)
+        link_backends(ld, rec, r);
 }
 
 /* Runs every check that needs the whole file, in file order, and links

@@ -7,7 +7,8 @@
  *                            address, mode, hostname
  *   [backend NAME]           host, one key per service word, ca, verify, tls_name,
  *                            proxy_protocol, xclient
- *   [route NAME]             sni, backend, mode (default: the listener's)
+ *   [route NAME]             sni, backend (one or more), balance, mode (default: the
+ *                            listener's)
  *   [mailbox NAME]           address, tls, cert, key, maildir, users, hostname,
  *                            max_message_size; also usable as "backend = NAME"
  *
@@ -81,13 +82,17 @@ struct cfg_listener {
     size_t nproxy_trusted;
 };
 
+/* Addresses kept per endpoint: a host name with several is tried in turn. */
+#define ENDPOINT_MAX_ADDRS 4
+
 /* Where one service of a backend lives. */
 struct endpoint {
     bool set;
     int line;
     char host[256]; /* host part as written, for logs and the default TLS name */
     enum tls_flavour tls;
-    struct sock_addr addr; /* resolved at load time */
+    struct sock_addr addrs[ENDPOINT_MAX_ADDRS]; /* resolved at load time, in DNS order */
+    size_t naddrs;                              /* >= 1 once set */
 };
 
 struct cfg_mailbox {
@@ -116,19 +121,31 @@ struct cfg_backend {
     /* xclient = no: yes names the client in the protocol itself once
      * sallyport terminated TLS: SMTP and POP3 XCLIENT, IMAP ID. */
     bool xclient;
+    /* down_time = 30: seconds an address that failed a session before any
+     * client byte went to it is skipped while its route has another. */
+    unsigned down_time;
     /* Non-NULL when this backend is an embedded mailbox ([mailbox NAME] makes
      * one backend of the same name, every SMTP service at its address). */
     const struct cfg_mailbox *mailbox;
 };
 
 #define ROUTE_MAX_NAMES 64
+/* Backends one route may list. */
+#define ROUTE_MAX_BACKENDS 8
+
+/* How a route with several backends spreads its sessions: "order" tries
+ * them as listed (the first that is up serves), "roundrobin" starts each
+ * session at the next one. Either way a failed one is followed by the rest. */
+enum balance { BALANCE_ORDER, BALANCE_ROUNDROBIN };
 
 struct cfg_route {
     char *name;
     int line;
     char *sni[ROUTE_MAX_NAMES]; /* lower-cased; "*.example.com" wildcards; "*" = default */
     size_t nsni;
-    const struct cfg_backend *backend;
+    const struct cfg_backend *backends[ROUTE_MAX_BACKENDS]; /* backend = NAME... */
+    size_t nbackends;
+    enum balance balance; /* balance = order */
     /* mode = (the listener's): terminate or passthrough for this route on
      * every TLS listener, decided once the ClientHello named it. */
     enum listen_mode mode;

@@ -57,6 +57,7 @@ VALUE_KEY(workers, unsigned)
 VALUE_KEY(proxy_version, enum proxy_version)
 VALUE_KEY(bool, bool)
 VALUE_KEY(mode, enum listen_mode)
+VALUE_KEY(balance, enum balance)
 VALUE_KEY(service, enum service)
 VALUE_KEY(flavour, enum tls_flavour)
 VALUE_KEY(log_level, enum log_level)
@@ -169,10 +170,12 @@ static const struct key_def keys[] = {
     {K_BACKEND, "tls_name", key_string, OFF(cfg_backend, tls_name), 0},
     {K_BACKEND, "proxy_protocol", key_proxy_version, OFF(cfg_backend, proxy_protocol), 0},
     {K_BACKEND, "xclient", key_bool, OFF(cfg_backend, xclient), 0},
+    {K_BACKEND, "down_time", key_duration, OFF(cfg_backend, down_time), 0},
     {K_BACKEND, NULL, key_endpoint, OFF(cfg_backend, endpoints), KEY_CORE},
     {K_ROUTE, "sni", key_sni, 0, KEY_REQUIRED | KEY_LIST},
     {K_ROUTE, "backend", key_string, OFF(config_record, backend_ref), KEY_REQUIRED | KEY_RECORD},
     {K_ROUTE, "mode", key_mode, OFF(cfg_route, mode), KEY_CORE},
+    {K_ROUTE, "balance", key_balance, OFF(cfg_route, balance), 0},
     {K_MAILBOX, "address", key_string, OFF(cfg_mailbox, address), KEY_REQUIRED},
     {K_MAILBOX, "tls", key_flavour, OFF(cfg_mailbox, tls), KEY_CORE},
     {K_MAILBOX, "cert", key_readable, OFF(cfg_mailbox, cert), 0},
@@ -355,6 +358,7 @@ static bool add_backend(struct config_loader *ld, struct config_record *rec)
         rec->index = rec->backend;
     b->line = rec->line;
     b->verify = rec->kind == K_BACKEND; /* a mailbox runs in-process: trusted */
+    b->down_time = 30;
     return (b->name = strdup(rec->name)) != NULL;
 }
 

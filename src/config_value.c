@@ -169,6 +169,20 @@ bool value_mode(const char *text, enum listen_mode *out, char *err, size_t errle
     return false;
 }
 
+bool value_balance(const char *text, enum balance *out, char *err, size_t errlen)
+{
+    static const char *const names[] = {
+        [BALANCE_ORDER] = "order", [BALANCE_ROUNDROBIN] = "roundrobin"};
+    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
+        if (strcmp(text, names[i]) == 0) {
+            *out = (enum balance)i;
+            return true;
+        }
+    }
+    snprintf(err, errlen, "unknown balance '%s' (expected order or roundrobin)", text);
+    return false;
+}
+
 bool value_service(const char *text, enum service *out, char *err, size_t errlen)
 {
     if (service_parse(text, out) == 0)
@@ -277,7 +291,8 @@ bool value_endpoint(const char *text, enum service service, struct endpoint *out
                  (unsigned)info->port);
         return false;
     }
-    if (sock_addr_parse(addr, info->port, &ep.addr, ep.host, sizeof ep.host, err, errlen) != 0)
+    if (sock_addr_resolve(addr, info->port, ep.addrs, ENDPOINT_MAX_ADDRS, &ep.naddrs, ep.host,
+                          sizeof ep.host, err, errlen) != 0)
         return false;
     ep.line = out->line;
     *out = ep;

@@ -37,6 +37,8 @@ bool value_bool(const char *text, bool *out, char *err, size_t errlen);
 
 /* terminate | passthrough */
 bool value_mode(const char *text, enum listen_mode *out, char *err, size_t errlen);
+/* "order" or "roundrobin". */
+bool value_balance(const char *text, enum balance *out, char *err, size_t errlen);
 
 /* A service word: submissions, submission, ... (service.h). */
 bool value_service(const char *text, enum service *out, char *err, size_t errlen);

@@ -65,6 +65,8 @@ static long replay_ctrl(BIO *b, int cmd, long num, void *ptr)
     long own = r ? (long)(r->len - r->pos) : 0;
     if (cmd == BIO_CTRL_PENDING)
         return own + BIO_ctrl(BIO_next(b), cmd, num, ptr);
+    if (cmd == BIO_CTRL_EOF && own > 0)
+        return 0;
     return BIO_ctrl(BIO_next(b), cmd, num, ptr);
 }
 
@@ -87,7 +89,8 @@ static pthread_once_t replay_once = PTHREAD_ONCE_INIT;
 
 static void replay_method_init(void)
 {
-    BIO_METHOD *m = BIO_meth_new(BIO_get_new_index() | BIO_TYPE_FILTER, "sallyport replay");
+    int index = BIO_get_new_index();
+    BIO_METHOD *m = index < 0 ? NULL : BIO_meth_new(index | BIO_TYPE_FILTER, "sallyport replay");
     if (m && BIO_meth_set_read(m, replay_read) && BIO_meth_set_write(m, replay_write) &&
         BIO_meth_set_ctrl(m, replay_ctrl) && BIO_meth_set_create(m, replay_create) &&
         BIO_meth_set_destroy(m, replay_destroy)) {

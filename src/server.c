@@ -2,6 +2,7 @@
 #include <string.h>
 
 #include "client_table.h"
+#include "health.h"
 #include "listener.h"
 #include "log.h"
 #include "mailbox.h"
@@ -89,9 +90,10 @@ int server_start(struct server *server, struct config *config)
         config->global.limit_exceptions, config->global.nlimit_exceptions);
     server->mailbox_sessions =
         calloc(config->nmailboxes ? config->nmailboxes : 1, sizeof *server->mailbox_sessions);
+    server->health = health_new(config);
     unsigned nworkers = config->global.workers ? config->global.workers : worker_count_auto();
     server->workers = calloc(nworkers, sizeof *server->workers);
-    if (!server->clients || !server->mailbox_sessions || !server->workers) {
+    if (!server->clients || !server->mailbox_sessions || !server->health || !server->workers) {
         log_error("out of memory");
         return -1;
     }
@@ -144,6 +146,7 @@ void server_stop(struct server *server)
     free((void *)server->mailbox_sessions);
     tls_store_free(server->store);
     client_table_free(server->clients);
+    health_free(server->health);
     pthread_mutex_destroy(&server->clients_lock);
     memset(server, 0, sizeof *server);
 }

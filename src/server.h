@@ -21,6 +21,7 @@ struct server {
     const struct config *config;
     struct tls_store *store; /* server certificates; NULL when none are configured */
     SSL_CTX **backend_ctx;   /* per config->backends[i]; NULL if it has no TLS endpoint */
+    struct health *health;   /* backends marked down, round-robin turns */
     struct worker *workers;
     unsigned nworkers;
 

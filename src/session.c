@@ -23,6 +23,7 @@
 #include "clienthello.h"
 #include "conn.h"
 #include "dialogue/dialogue.h"
+#include "health.h"
 #include "listener.h"
 #include "log.h"
 #include "proxy_header.h"
@@ -46,6 +47,8 @@
  * reads it (the "lingering close" of nginx and Apache). */
 #define LINGER_TIMEOUT   2.0
 #define LINGER_BYTES_MAX (64 * 1024)
+/* Backend addresses one session tries at most before it gives up. */
+#define BACKEND_ATTEMPTS_MAX 8
 /* Log lines for clients turned away by the client limits, per second. */
 #define REFUSALS_LOGGED_PER_SECOND 20
 
@@ -111,7 +114,16 @@ struct session {
 
     const struct cfg_route *route;
     enum listen_mode mode; /* the listener's until routed, then the route's (route_mode()) */
+    /* The backend being tried (or serving), its endpoint for this service
+     * and which of the endpoint's addresses. */
+    const struct cfg_backend *target;
     const struct endpoint *endpoint;
+    uint8_t target_addr;
+    uint8_t attempts; /* addresses tried so far */
+    uint8_t turn;     /* round robin: the route's backend tried first */
+    uint8_t nfailed;  /* route->backends[] indices that failed, each once */
+    uint8_t failed[ROUTE_MAX_BACKENDS];
+    uint32_t tried; /* candidate bits: rank * ENDPOINT_MAX_ADDRS + address */
     bool has_sni;
     bool sni_refused;  /* the TLS handshake was refused: no route for the SNI */
     bool alpn_refused; /* ... or the client offered ALPN, but not our protocol */
@@ -144,6 +156,7 @@ static bool send_proxy_header(struct session *s);
 static void session_close(struct session *s, enum log_level level, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 static void connect_backend(struct session *s);
+static void backend_failed(struct session *s, const char *why);
 static void start_relay(struct session *s);
 static void on_relay_io(struct session *s, int client_revents, int backend_revents);
 static void on_prelude_io(struct session *s, int revents);
@@ -237,7 +250,7 @@ static void on_timer(struct ev_loop *loop, ev_timer *w, int revents)
     case SESSION_CONNECTING:
     case SESSION_PRELUDE:
     case SESSION_BACKEND_HANDSHAKE:
-        fail_with_reply(s, "backend timeout");
+        backend_failed(s, "backend timeout");
         break;
     case SESSION_RELAY:
         session_close(s, LOG_LEVEL_INFO, "idle timeout");
@@ -271,10 +284,13 @@ static void log_session(const struct session *s)
     } else if (s->mode == MODE_PASSTHROUGH && s->relay_started) {
         version = "passthrough";
     }
-    char peer[64], backend_addr[64] = "-";
+    char peer[64], backend_addr[64] = "-", failed[ROUTE_MAX_BACKENDS * 70] = "-";
     if (s->endpoint)
-        sock_addr_format((const struct sockaddr *)&s->endpoint->addr.ss, backend_addr,
-                         sizeof backend_addr);
+        sock_addr_format((const struct sockaddr *)&s->endpoint->addrs[s->target_addr].ss,
+                         backend_addr, sizeof backend_addr);
+    for (size_t i = 0, n = 0; i < s->nfailed && n < sizeof failed; i++)
+        n += (size_t)snprintf(failed + n, sizeof failed - n, "%s%s", i ? "," : "",
+                              s->route->backends[s->failed[i]]->name);
     uint64_t in = s->bytes_in, out = s->bytes_out;
     if (s->relay_started) {
         in += s->relay.up.bytes - s->relay_preloaded;
@@ -282,10 +298,11 @@ static void log_session(const struct session *s)
     }
     log_msg(s->close_level,
             "session listener=%s client=%s worker=%u sni=%s route=%s backend=%s backend_addr=%s "
-            "mode=%s tls=%s cipher=%s bytes_in=%llu bytes_out=%llu duration=%.3fs close=\"%s\"",
+            "failed=%s mode=%s tls=%s cipher=%s bytes_in=%llu bytes_out=%llu duration=%.3fs "
+            "close=\"%s\"",
             s->listener->name, sock_addr_format(&s->peer.sa, peer, sizeof peer), s->worker->id, sni,
-            s->route ? s->route->name : "-", s->route ? s->route->backend->name : "-", backend_addr,
-            s->mode == MODE_TERMINATE ? "terminate" : "passthrough", version, cipher,
+            s->route ? s->route->name : "-", s->target ? s->target->name : "-", backend_addr,
+            failed, s->mode == MODE_TERMINATE ? "terminate" : "passthrough", version, cipher,
             (unsigned long long)in, (unsigned long long)out, ev_now(s->worker->loop) - s->started,
             s->close_reason);
 }
@@ -467,21 +484,27 @@ static void on_cleartext_io(struct session *s, int revents)
 
 /* ---- passthrough: the ClientHello ----------------------------------------- */
 
-/* Routes by SNI. Returns false (and closes) when no route matches. */
+/* Routes by SNI. Returns false when no route matches. The mode is not
+ * touched: only the ClientHello state decides it, once. */
 static bool route_session(struct session *s, const char *sni)
 {
     s->has_sni = sni != NULL;
     if (sni)
         snprintf(s->sni, sizeof s->sni, "%s", sni);
     s->route = route_lookup(s->server->config->routes, s->server->config->nroutes, sni);
-    s->mode = route_mode(s->listener, s->route);
     return s->route != NULL;
 }
 
+/* OpenSSL's SNI callback, in a handshake sallyport already terminates: a
+ * name whose route passes TLS through is refused (alert unrecognized_name)
+ * rather than followed, since the TLS is sallyport's by now and its
+ * plaintext must never be relayed as if it were the client's TLS. */
 bool session_route_by_sni(void *session, const char *sni)
 {
     struct session *s = session;
-    bool found = route_session(s, sni);
+    bool found = route_session(s, sni) && route_mode(s->listener, s->route) == MODE_TERMINATE;
+    if (!found)
+        s->route = NULL;
     s->sni_refused = !found;
     return found;
 }
@@ -545,6 +568,7 @@ static void on_clienthello_io(struct session *s)
             session_close(s, LOG_LEVEL_INFO, "no route for this SNI");
         return;
     }
+    s->mode = route_mode(s->listener, s->route);
     if (s->mode == MODE_TERMINATE)
         terminate_client_tls(s);
     else
@@ -563,7 +587,7 @@ static void terminate_client_tls(struct session *s)
         session_close(s, LOG_LEVEL_ERROR, "out of memory for TLS");
         return;
     }
-    s->bytes_in -= up->len; /* counted again, decrypted, by the relay */
+    s->bytes_in -= up->len; /* handshake bytes: only what TLS carries counts, as before */
     up->len = 0;
     s->mode = MODE_TERMINATE;
     s->client_hs_wait = EV_READ;
@@ -590,7 +614,7 @@ static void on_client_handshake_io(struct session *s)
         return;
     }
     if (!s->route &&
-        !route_session(s, SSL_get_servername(s->client.ssl, TLSEXT_NAMETYPE_host_name))) {
+        !session_route_by_sni(s, SSL_get_servername(s->client.ssl, TLSEXT_NAMETYPE_host_name))) {
         session_close(s, LOG_LEVEL_INFO, "no route for this SNI");
         return;
     }
@@ -599,21 +623,95 @@ static void on_client_handshake_io(struct session *s)
 
 /* ---- the backend ---------------------------------------------------------- */
 
-static void connect_backend(struct session *s)
+/* Picks the next backend address to try: the route's backends from its
+ * turn on (in order, or round robin), each one's addresses in DNS order,
+ * skipping those tried already and, while any other is left, those marked
+ * down. Returns false when none is left. */
+static bool choose_backend(struct session *s)
 {
-    const struct cfg_backend *backend = s->route->backend;
-    s->endpoint = &backend->endpoints[s->listener->service];
+    const struct cfg_route *r = s->route;
+    double now = ev_now(s->worker->loop);
+    for (int pass = 0; pass < 2; pass++) {
+        for (size_t rank = 0; rank < r->nbackends; rank++) {
+            const struct cfg_backend *b = r->backends[(s->turn + rank) % r->nbackends];
+            const struct endpoint *ep = &b->endpoints[s->listener->service];
+            for (size_t addr = 0; addr < ep->naddrs; addr++) {
+                uint32_t bit = 1u << (rank * ENDPOINT_MAX_ADDRS + addr);
+                if ((s->tried & bit) ||
+                    (pass == 0 &&
+                     health_is_down(s->server->health, b, s->listener->service, addr, now)))
+                    continue;
+                s->tried |= bit;
+                s->target = b;
+                s->endpoint = ep;
+                s->target_addr = (uint8_t)addr;
+                return true;
+            }
+        }
+    }
+    return false;
+}
+
+/* Connects to the next backend address; when none is left, the session
+ * fails with `why` (the last failure). */
+static void try_backend(struct session *s, const char *why)
+{
+    if (s->attempts >= BACKEND_ATTEMPTS_MAX || !choose_backend(s)) {
+        fail_with_reply(s, why);
+        return;
+    }
+    s->attempts++;
     arm_timer(s, s->server->config->global.connect_timeout);
     session_enter(s, SESSION_CONNECTING);
-    int fd = sock_connect(&s->endpoint->addr);
+    int fd = sock_connect(&s->endpoint->addrs[s->target_addr]);
     if (fd < 0) {
-        char why[160];
-        snprintf(why, sizeof why, "backend connect failed: %s", strerror(errno));
-        fail_with_reply(s, why);
+        char reason[160];
+        snprintf(reason, sizeof reason, "backend connect failed: %s", strerror(errno));
+        backend_failed(s, reason);
         return;
     }
     conn_init(&s->backend, fd);
     ev_io_set(&s->backend_w, fd, 0);
+}
+
+/* Choosing a backend is a step: the first try of a routed session. */
+static void connect_backend(struct session *s)
+{
+    if (s->route->balance == BALANCE_ROUNDROBIN)
+        s->turn = (uint8_t)(health_next_turn(s->server->health, s->route) % s->route->nbackends);
+    try_backend(s, "no backend address to try");
+}
+
+/* The backend failed before any client byte reached it: it is marked down
+ * (logged when that is news), its connection and whatever it sent are
+ * dropped, and the next one is tried. */
+static void backend_failed(struct session *s, const char *why)
+{
+    char addr[64];
+    sock_addr_format((const struct sockaddr *)&s->endpoint->addrs[s->target_addr].ss, addr,
+                     sizeof addr);
+    if (health_mark_down(s->server->health, s->target, s->listener->service, s->target_addr,
+                         ev_now(s->worker->loop)))
+        log_warn("backend %s (%s, %s) marked down for %us: %s", s->target->name, addr,
+                 s->service->name, s->target->down_time, why);
+    size_t k = 0;
+    while (k < s->route->nbackends && s->route->backends[k] != s->target)
+        k++;
+    size_t i = 0;
+    while (i < s->nfailed && s->failed[i] != k)
+        i++;
+    if (i == s->nfailed && s->nfailed < ROUTE_MAX_BACKENDS)
+        s->failed[s->nfailed++] = (uint8_t)k;
+    ev_io_stop(s->worker->loop, &s->backend_w);
+    s->backend_events = 0;
+    conn_close(&s->backend);
+    ev_io_set(&s->backend_w, -1, 0);
+    if (s->down)
+        s->down->len = 0; /* only the backend's bytes are here before the relay */
+    if (s->prelude)
+        s->prelude->len = 0;
+    s->prelude_seen = 0;
+    try_backend(s, why);
 }
 
 /* What an xclient backend is told about the client (db->who). */
@@ -637,7 +735,7 @@ static void start_prelude(struct session *s, enum backend_mode mode)
     dialogue_backend_init(&s->db, s->dialogue, mode, s->listener->hostname);
     s->prelude_seen = 0;
     session_enter(s, SESSION_PRELUDE);
-    if (s->route->backend->xclient && mode != BACKEND_STARTTLS && s->mode == MODE_TERMINATE) {
+    if (s->target->xclient && mode != BACKEND_STARTTLS && s->mode == MODE_TERMINATE) {
         struct client_identity who;
         describe_client(s, &who);
         if (held(s, &s->prelude))
@@ -647,7 +745,7 @@ static void start_prelude(struct session *s, enum backend_mode mode)
 
 static void start_backend_tls(struct session *s)
 {
-    const struct cfg_backend *backend = s->route->backend;
+    const struct cfg_backend *backend = s->target;
     SSL_CTX *ctx = server_backend_ctx(s->server, backend);
     SSL *ssl =
         ctx ? tls_client_new(ctx, backend->tls_name ? backend->tls_name : s->endpoint->host) : NULL;
@@ -669,7 +767,7 @@ static void start_backend_tls(struct session *s)
  * fails the session) if it could not be sent. */
 static bool send_proxy_header(struct session *s)
 {
-    enum proxy_version version = s->route->backend->proxy_protocol;
+    enum proxy_version version = s->target->proxy_protocol;
     if (version == PROXY_NONE)
         return true;
     union sock_any local = s->local;
@@ -699,7 +797,7 @@ static bool send_proxy_header(struct session *s)
         n = proxy_header_v2(&s->peer.sa, &local.sa, &tlvs, header, sizeof header);
     }
     if (n == 0 || send(s->backend.fd, header, n, MSG_NOSIGNAL) != (ssize_t)n) {
-        fail_with_reply(s, "cannot send the PROXY header to the backend");
+        backend_failed(s, "cannot send the PROXY header to the backend");
         return false;
     }
     return true;
@@ -712,12 +810,17 @@ static void on_connected(struct session *s)
     if (err) {
         char why[160];
         snprintf(why, sizeof why, "backend connect failed: %s", strerror(err));
-        fail_with_reply(s, why);
+        backend_failed(s, why);
         return;
     }
     if (!send_proxy_header(s))
         return;
     enum tls_flavour flavour = s->endpoint->tls;
+    if (s->mode == MODE_PASSTHROUGH && s->client.ssl) {
+        /* Never: what sallyport decrypted must not pass for the client's TLS. */
+        fail_with_reply(s, "internal error: passthrough of a terminated session");
+        return;
+    }
     if (s->mode == MODE_PASSTHROUGH) {
         /* Config validation guarantees implicit->implicit, starttls->starttls. */
         if (flavour == TLS_STARTTLS)
@@ -745,7 +848,7 @@ static bool backend_said_nothing_more(struct session *s)
 {
     if (buf_slot_len(s->down) == s->prelude_seen)
         return true;
-    fail_with_reply(s, "response injection: backend sent bytes after its go-ahead");
+    backend_failed(s, "response injection: backend sent bytes after its go-ahead");
     return false;
 }
 
@@ -762,7 +865,7 @@ static void on_prelude_line(struct session *s, const char *line, size_t line_len
     case BACKEND_NEED_MORE:
         return;
     case BACKEND_FAILED:
-        fail_with_reply(s, s->db.reason);
+        backend_failed(s, s->db.reason);
         return;
     case BACKEND_GREETED:
         if (!backend_said_nothing_more(s))
@@ -796,7 +899,7 @@ static void on_prelude_io(struct session *s, int revents)
         if (n > 0)
             buf_consume(s->prelude, (size_t)n);
         else if (n != CONN_WANT_WRITE && n != CONN_WANT_READ) {
-            fail_with_reply(s, "backend closed during the prelude");
+            backend_failed(s, "backend closed during the prelude");
             return;
         }
     }
@@ -819,7 +922,7 @@ static bool read_prelude(struct session *s)
     if (n == CONN_WANT_READ || n == CONN_WANT_WRITE)
         return false;
     if (n <= 0) {
-        fail_with_reply(s, "backend closed during the prelude");
+        backend_failed(s, "backend closed during the prelude");
         return false;
     }
     down->len += (size_t)n;
@@ -830,12 +933,12 @@ static bool read_prelude(struct session *s)
         const uint8_t *nl = memchr(start, '\n', avail);
         if (!nl) {
             if (avail > DIALOGUE_LINE_MAX)
-                fail_with_reply(s, "backend line too long in the prelude");
+                backend_failed(s, "backend line too long in the prelude");
             return true;
         }
         size_t len = (size_t)(nl - start) + 1;
         if (len > DIALOGUE_LINE_MAX) {
-            fail_with_reply(s, "backend line too long in the prelude");
+            backend_failed(s, "backend line too long in the prelude");
             return true;
         }
         /* The client gets the greeting of a GREETING_ONLY backend; any
@@ -872,7 +975,7 @@ static void on_backend_handshake_io(struct session *s)
                      X509_verify_cert_error_string(verify));
         else
             snprintf(why, sizeof why, "backend TLS handshake failed: %s", conn_error());
-        fail_with_reply(s, why);
+        backend_failed(s, why);
         return;
     }
     if (s->endpoint->tls == TLS_IMPLICIT) {
@@ -880,7 +983,7 @@ static void on_backend_handshake_io(struct session *s)
         on_prelude_io(s, EV_READ);               /* it may already be decrypted */
         return;
     }
-    if (s->route->backend->xclient) {
+    if (s->target->xclient) {
         start_prelude(s, BACKEND_IDENTIFY); /* name the client inside TLS first */
         return;
     }
@@ -904,6 +1007,12 @@ static void greet_after_backend_starttls(struct session *s)
 
 static void start_relay(struct session *s)
 {
+    if (health_mark_up(s->server->health, s->target, s->listener->service, s->target_addr)) {
+        char addr[64];
+        sock_addr_format((const struct sockaddr *)&s->endpoint->addrs[s->target_addr].ss, addr,
+                         sizeof addr);
+        log_info("backend %s (%s, %s) is up again", s->target->name, addr, s->service->name);
+    }
     s->relay_preloaded = buf_slot_len(s->up);
     relay_init(&s->relay, &s->client, &s->backend, &s->up, &s->down, session_bufs(s),
                session_pipes(s));

@@ -14,6 +14,23 @@
 int sock_addr_parse(const char *text, uint16_t default_port, struct sock_addr *out, char *host,
                     size_t hostlen, char *err, size_t errlen)
 {
+    size_t n;
+    return sock_addr_resolve(text, default_port, out, 1, &n, host, hostlen, err, errlen);
+}
+
+/* True if `a` is already among out[0..n). */
+static bool seen_address(const struct sock_addr *out, size_t n, const struct sockaddr *a,
+                         socklen_t len)
+{
+    for (size_t i = 0; i < n; i++)
+        if (out[i].len == len && memcmp(&out[i].ss, a, len) == 0)
+            return true;
+    return false;
+}
+
+int sock_addr_resolve(const char *text, uint16_t default_port, struct sock_addr *out, size_t max,
+                      size_t *count, char *host, size_t hostlen, char *err, size_t errlen)
+{
     char hostbuf[256] = "";
     char portbuf[16] = "";
     const char *colon;
@@ -66,6 +83,7 @@ int sock_addr_parse(const char *text, uint16_t default_port, struct sock_addr *o
     }
 
     memset(out, 0, sizeof *out);
+    *count = 1;
     if (hostbuf[0] == '\0' || strcmp(hostbuf, "*") == 0) {
         struct sockaddr_in6 *sin6 = (struct sockaddr_in6 *)&out->ss;
         sin6->sin6_family = AF_INET6;
@@ -88,9 +106,18 @@ int sock_addr_parse(const char *text, uint16_t default_port, struct sock_addr *o
                      rc ? gai_strerror(rc) : "no address");
             return -1;
         }
-        memcpy(&out->ss, res->ai_addr, res->ai_addrlen);
-        out->len = res->ai_addrlen;
+        size_t n = 0;
+        for (const struct addrinfo *ai = res; ai && n < max; ai = ai->ai_next) {
+            if (ai->ai_addrlen > sizeof out[n].ss ||
+                seen_address(out, n, ai->ai_addr, ai->ai_addrlen))
+                continue;
+            memset(&out[n], 0, sizeof out[n]);
+            memcpy(&out[n].ss, ai->ai_addr, ai->ai_addrlen);
+            out[n].len = ai->ai_addrlen;
+            n++;
+        }
         freeaddrinfo(res);
+        *count = n;
     }
     if (host)
         snprintf(host, hostlen, "%s", hostbuf);

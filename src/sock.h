@@ -32,6 +32,11 @@ void sock_any_set(union sock_any *out, const struct sockaddr *sa);
 int sock_addr_parse(const char *text, uint16_t default_port, struct sock_addr *out, char *host,
                     size_t hostlen, char *err, size_t errlen);
 
+/* Like sock_addr_parse(), but keeps up to `max` distinct addresses of a
+ * host name (in getaddrinfo's order) in out[0..*count). */
+int sock_addr_resolve(const char *text, uint16_t default_port, struct sock_addr *out, size_t max,
+                      size_t *count, char *host, size_t hostlen, char *err, size_t errlen);
+
 /* Writes the numeric address of an AF_INET or AF_INET6 socket address into
  * ip (INET6_ADDRSTRLEN suffices), an IPv4-mapped IPv6 address as IPv4, and
  * its port into *port. Returns the family written (AF_INET or AF_INET6), or

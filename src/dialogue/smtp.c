@@ -216,22 +216,23 @@ static void note_xclient(struct dialogue_backend *db, const char *text, size_t l
     }
 }
 
-/* Queues "XCLIENT ..." with what the backend takes and sallyport knows. */
+/* Queues "XCLIENT ..." with what the backend takes and sallyport knows:
+ * numeric addresses and ports only, so nothing a peer sent can reach it. */
 static void queue_xclient(struct dialogue_backend *db, struct buf *out)
 {
     const struct client_identity *who = &db->who;
-    char cmd[256];
-    int n = snprintf(cmd, sizeof cmd, "XCLIENT ADDR=%s%s", who->ipv6 ? "IPV6:" : "", who->addr);
+    char name[32] = "", port[16] = "", dest[80] = "", dport[24] = "";
     if (db->offered & XCLIENT_NAME) /* no reverse lookup here: say so */
-        n += snprintf(cmd + n, sizeof cmd - (size_t)n, " NAME=[UNAVAILABLE]");
+        snprintf(name, sizeof name, " NAME=[UNAVAILABLE]");
     if (db->offered & XCLIENT_PORT)
-        n += snprintf(cmd + n, sizeof cmd - (size_t)n, " PORT=%u", who->port);
+        snprintf(port, sizeof port, " PORT=%u", who->port);
     if ((db->offered & XCLIENT_DESTADDR) && who->local_addr[0])
-        n += snprintf(cmd + n, sizeof cmd - (size_t)n, " DESTADDR=%s%s",
-                      strchr(who->local_addr, ':') ? "IPV6:" : "", who->local_addr);
+        snprintf(dest, sizeof dest, " DESTADDR=%s%s", strchr(who->local_addr, ':') ? "IPV6:" : "",
+                 who->local_addr);
     if ((db->offered & XCLIENT_DESTPORT) && who->local_addr[0])
-        snprintf(cmd + n, sizeof cmd - (size_t)n, " DESTPORT=%u", who->local_port);
-    dialogue_printf(out, "%s\r\n", cmd);
+        snprintf(dport, sizeof dport, " DESTPORT=%u", who->local_port);
+    dialogue_printf(out, "XCLIENT ADDR=%s%s%s%s%s%s\r\n", who->ipv6 ? "IPV6:" : "", who->addr, name,
+                    port, dest, dport);
 }
 
 static enum backend_step smtp_on_backend_line(struct dialogue_backend *db, const char *line,

@@ -99,7 +99,10 @@ def with_test_workers(config_text):
 class Sallyport:
     """One running sallyport process with a given config."""
 
-    def __init__(self, directory: Path, config_text: str, name="sallyport"):
+    def __init__(self, directory: Path, config_text: str, name="sallyport", hosts=None):
+        """hosts: the text of an /etc/hosts that this sallyport alone sees
+        (bind-mounted in a mount namespace of its own), e.g. to give a backend
+        name several addresses."""
         config_text = with_test_workers(config_text)
         self.dir = directory
         self.expected_exit = False  # set by tests that make sallyport exit on purpose
@@ -107,7 +110,13 @@ class Sallyport:
         self.config.write_text(config_text)
         self.log_path = directory / f"{name}.log"
         self._log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen(WRAPPER + [SALLYPORT, "-c", str(self.config)],
+        prefix = []
+        if hosts is not None:
+            hosts_file = directory / f"{name}.hosts"
+            hosts_file.write_text(hosts)
+            prefix = ["unshare", "--mount", "sh", "-c",
+                      'mount --bind "$0" /etc/hosts && exec "$@"', str(hosts_file)]
+        self.proc = subprocess.Popen(prefix + WRAPPER + [SALLYPORT, "-c", str(self.config)],
                                      stdout=self._log, stderr=subprocess.STDOUT,
                                      stdin=subprocess.DEVNULL)
         try:
@@ -147,8 +156,8 @@ def sallyport(tmp_path):
     """Factory: sallyport(config_text, name=...) starts a process and waits until ready."""
     started = []
 
-    def start(config_text, name="sallyport"):
-        sp = Sallyport(tmp_path, config_text, name)
+    def start(config_text, name="sallyport", hosts=None):
+        sp = Sallyport(tmp_path, config_text, name, hosts)
         started.append(sp)
         return sp
 

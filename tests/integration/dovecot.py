@@ -606,6 +606,13 @@ service anvil {{
     def running(self):
         return self.proc is not None and self.proc.poll() is None
 
+    def restart(self, timeout=START_TIMEOUT):
+        """Starts a stopped instance again on the ports it had: a backend that
+        comes back where its clients expect it. Returns self."""
+        if not self.running():
+            self._start_master(timeout)
+        return self
+
     def stop(self):
         """Stops every process of this Dovecot (SIGTERM to the master, which stops
         its services and exits) and waits until they are gone; SIGKILLs leftovers

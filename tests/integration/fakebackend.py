@@ -278,7 +278,8 @@ class _Close(Exception):
 # -- the server ---------------------------------------------------------------
 
 class FakeBackend:
-    """Listens on 127.0.0.1:<ephemeral>; plays `script` on every connection.
+    """Listens on 127.0.0.1:<ephemeral> (or host, port); plays `script` on
+    every connection.
 
     Subclasses may set `name` (for thread names) and `drain_after_error`
     (after a step fails, keep recording what arrives until the peer closes,
@@ -287,19 +288,20 @@ class FakeBackend:
     name = "fakebackend"
     drain_after_error = False
 
-    def __init__(self, script, timeout=DEFAULT_TIMEOUT):
+    def __init__(self, script, timeout=DEFAULT_TIMEOUT, host="127.0.0.1", port=0):
         self.script = list(script)
         self.timeout = timeout
         self.connections = []
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
         self._stopping = False
-        self._listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self._listener = socket.socket(family, socket.SOCK_STREAM)
         self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self._listener.bind(("127.0.0.1", 0))
+        self._listener.bind((host, port))
         self._listener.listen(16)
         self._listener.settimeout(0.2)  # lets the accept loop notice close()
-        self.host, self.port = self._listener.getsockname()
+        self.host, self.port = self._listener.getsockname()[:2]
         self._threads = []
         self._acceptor = threading.Thread(target=self._accept_loop, daemon=True,
                                           name=f"{self.name}-{self.port}")
@@ -307,8 +309,8 @@ class FakeBackend:
 
     @property
     def address(self):
-        """"127.0.0.1:PORT", as a backend endpoint in a config."""
-        return f"{self.host}:{self.port}"
+        """"127.0.0.1:PORT" (or "[::1]:PORT"), as a backend endpoint in a config."""
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
 
     def __enter__(self):
         return self

@@ -166,3 +166,26 @@ def test_check_refuses_a_terminating_route_without_certificate(tmp_path):
     assert code != 0
     assert ("check.conf:9: mode: route 'a' terminates TLS, but there is no [certificate] (add "
             "one, or set mode = passthrough)") in out, out
+
+
+def test_a_hello_only_openssl_takes_never_reaches_a_passthrough_route(sallyport, ca):
+    """A ClientHello that sallyport's parser refuses (a server name with '!')
+    goes to OpenSSL on a terminating listener. If its name then leads to a
+    passthrough route, the handshake is refused (alert unrecognized_name):
+    TLS that sallyport terminated is never relayed as if it were the
+    client's, so the backend gets no connection and no plaintext."""
+    import subprocess
+    from fakebackend import FakeBackend, hold
+    port = free_port()
+    with FakeBackend([hold()]) as fb:
+        sp = sallyport(certificate_section("gw", *issue(ca, TERMINATED))
+                       + f"[listener imaps]\naddress = 127.0.0.1:{port}\nhostname = gw.test\n"
+                       + f"[backend pass]\nimaps = {fb.address} implicit\n"
+                       + "[route a]\nsni = *\nbackend = pass\nmode = passthrough\n")
+        r = subprocess.run(["openssl", "s_client", "-connect", f"127.0.0.1:{port}",
+                            "-servername", "x!y.test", "-CAfile", str(ca.cert)],
+                           input=b"a1 LOGIN alice secret\r\n", capture_output=True, timeout=30)
+        assert b"unrecognized name" in r.stdout + r.stderr, r
+        line = wait_for(lambda: next(iter(session_lines(sp.log())), None), what="session line")
+        assert "alert unrecognized_name" in line, line
+        assert fb.count == 0

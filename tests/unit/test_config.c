@@ -178,13 +178,13 @@ static void test_short_config(void **state)
     const struct endpoint *s587 = &b->endpoints[SERVICE_SUBMISSION];
     assert_true(s465->set);
     assert_int_equal(s465->tls, TLS_IMPLICIT);
-    assert_int_equal(port_of(&s465->addr), 465);
+    assert_int_equal(port_of(&s465->addrs[0]), 465);
     assert_string_equal(s465->host, "10.0.0.5");
     assert_int_equal(s465->line, 6);
     assert_true(s587->set);
     assert_int_equal(s587->tls, TLS_STARTTLS);
-    assert_int_equal(port_of(&s587->addr), 587);
-    assert_int_equal(s587->addr.ss.ss_family, AF_INET);
+    assert_int_equal(port_of(&s587->addrs[0]), 587);
+    assert_int_equal(s587->addrs[0].ss.ss_family, AF_INET);
 
     assert_int_equal(c->nlisteners, 2);
     assert_int_equal(c->listeners[0].service, SERVICE_SUBMISSIONS);
@@ -200,7 +200,7 @@ static void test_short_config(void **state)
     assert_string_equal(c->listeners[0].hostname, host);
 
     assert_int_equal(c->nroutes, 1);
-    assert_ptr_equal(c->routes[0].backend, b);
+    assert_ptr_equal(c->routes[0].backends[0], b);
     assert_int_equal(c->routes[0].nsni, 1);
     assert_string_equal(c->routes[0].sni[0], "*");
     done(&r);
@@ -416,12 +416,12 @@ static void test_backend_overrides(void **state)
     assert_non_null(c->certificates[0].ctx);
     const struct cfg_backend *b = &c->backends[0];
     const struct endpoint *s587 = &b->endpoints[SERVICE_SUBMISSION];
-    assert_int_equal(port_of(&s587->addr), 2587);
+    assert_int_equal(port_of(&s587->addrs[0]), 2587);
     assert_int_equal(s587->tls, TLS_STARTTLS);
     assert_int_equal(s587->line, 9); /* its own key, not host's line 10 */
     const struct endpoint *s465 = &b->endpoints[SERVICE_SUBMISSIONS];
     assert_string_equal(s465->host, "127.0.0.1");
-    assert_int_equal(port_of(&s465->addr), 2525);
+    assert_int_equal(port_of(&s465->addrs[0]), 2525);
     assert_int_equal(s465->tls, TLS_PLAIN);
     assert_int_equal(s465->line, 11);
     char *ca = replace(b->ca, certdir, "CERTS");
@@ -445,8 +445,8 @@ static void test_backend_ipv6_host(void **state)
     for (size_t i = 1; i < 3; i++) {
         const struct endpoint *ep = &r.cfg->backends[i].endpoints[SERVICE_SUBMISSIONS];
         assert_string_equal(ep->host, "::1");
-        assert_int_equal(ep->addr.ss.ss_family, AF_INET6);
-        assert_int_equal(port_of(&ep->addr), 465);
+        assert_int_equal(ep->addrs[0].ss.ss_family, AF_INET6);
+        assert_int_equal(port_of(&ep->addrs[0]), 465);
     }
     done(&r);
 }
@@ -472,7 +472,7 @@ static void test_mailbox_as_backend(void **state)
     assert_string_equal(b->name, "demo");
     assert_ptr_equal(b->mailbox, m);
     assert_false(b->verify);
-    assert_ptr_equal(c->routes[0].backend, b);
+    assert_ptr_equal(c->routes[0].backends[0], b);
     for (int s = 0; s < SERVICE_COUNT; s++) {
         /* A mailbox speaks SMTP only: no IMAP, POP3 or Sieve endpoints. */
         if (service_info((enum service)s)->proto != PROTO_SMTP) {
@@ -482,7 +482,7 @@ static void test_mailbox_as_backend(void **state)
         assert_true(b->endpoints[s].set);
         assert_int_equal(b->endpoints[s].tls, TLS_PLAIN);
         assert_string_equal(b->endpoints[s].host, "127.0.0.1");
-        assert_int_equal(port_of(&b->endpoints[s].addr), 2525);
+        assert_int_equal(port_of(&b->endpoints[s].addrs[0]), 2525);
         assert_int_equal(b->endpoints[s].line, 7);
     }
     assert_int_equal(m->tls, TLS_PLAIN);
@@ -540,7 +540,7 @@ static void test_sni_lower_case(void **state)
     assert_string_equal(named->sni[1], "*.example.org");
     assert_string_equal(named->sni[2], "other.example.net");
     assert_string_equal(r.cfg->routes[0].sni[0], "*");
-    assert_ptr_equal(named->backend, &r.cfg->backends[0]);
+    assert_ptr_equal(named->backends[0], &r.cfg->backends[0]);
     done(&r);
 }
 
@@ -568,10 +568,11 @@ static void test_terminate_accepts_every_flavour(void **state)
 static void test_unknown_key(void **state)
 {
     (void)state;
-    expect_errors(BASE "[backend mx2]\nhost = 10.0.0.6\nweight = 2\n",
-                  "cfg:12: weight: unknown key in [backend mx2] (expected host, ca, verify, "
-                  "tls_name, proxy_protocol, xclient or a service word such as submission)\n",
-                  1);
+    expect_errors(
+        BASE "[backend mx2]\nhost = 10.0.0.6\nweight = 2\n",
+        "cfg:12: weight: unknown key in [backend mx2] (expected host, ca, verify, "
+        "tls_name, proxy_protocol, xclient, down_time or a service word such as submission)\n",
+        1);
 }
 
 static void test_backend_proxy_protocol(void **state)
@@ -654,6 +655,38 @@ static void test_route_mode(void **state)
                   1);
     expect_errors(BASE "mode = sideways\n",
                   "cfg:10: mode: unknown mode 'sideways' (expected terminate or passthrough)\n", 1);
+}
+
+static void test_route_backends(void **state)
+{
+    (void)state;
+    struct result r = load(BASE "[backend mx2]\nhost = 10.0.0.6\ndown_time = 2m\n"
+                                "[route two]\nsni = two.example\nbackend = mx2  mx1\n"
+                                "balance = roundrobin\n");
+    assert_string_equal(r.errors, "");
+    const struct cfg_route *one = &r.cfg->routes[0], *two = &r.cfg->routes[1];
+    assert_int_equal(one->nbackends, 1);
+    assert_int_equal(one->balance, BALANCE_ORDER); /* the default */
+    assert_int_equal(two->nbackends, 2);
+    assert_string_equal(two->backends[0]->name, "mx2"); /* in the order written */
+    assert_string_equal(two->backends[1]->name, "mx1");
+    assert_int_equal(two->balance, BALANCE_ROUNDROBIN);
+    assert_int_equal(r.cfg->backends[0].down_time, 30); /* the default */
+    assert_int_equal(r.cfg->backends[1].down_time, 120);
+    done(&r);
+    expect_errors(BASE "[route two]\nsni = two.example\nbackend = mx1 nope mx1\n",
+                  "cfg:12: backend: no backend or mailbox named 'nope'\n"
+                  "cfg:12: backend: 'mx1' is listed twice\n",
+                  2);
+    expect_errors(BASE "balance = random\n",
+                  "cfg:10: balance: unknown balance 'random' (expected order or roundrobin)\n", 1);
+    /* Every backend of the route is checked against every listener. */
+    expect_errors(BASE "[backend mx2]\nsubmissions = 10.0.0.6:2525 plain\n"
+                       "[route two]\nsni = two.example\nbackend = mx1 mx2\n",
+                  "cfg:14: backend: listener 'submissions' passes TLS through, so backend "
+                  "'mx2' must speak implicit TLS for submissions, but 10.0.0.6:2525 is plain (the "
+                  "client would wait for a TLS handshake that never comes)\n",
+                  1);
 }
 
 static void test_key_outside_section(void **state)
@@ -1206,6 +1239,7 @@ int main(void)
         cmocka_unit_test(test_backend_proxy_protocol),
         cmocka_unit_test(test_backend_xclient),
         cmocka_unit_test(test_route_mode),
+        cmocka_unit_test(test_route_backends),
         cmocka_unit_test(test_backend_overrides),
         cmocka_unit_test(test_backend_ipv6_host),
         cmocka_unit_test(test_mailbox_as_backend),

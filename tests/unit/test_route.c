@@ -22,7 +22,7 @@ static const struct cfg_backend other_backend = {.name = "other"};
 #define ROUTE(backend_, ...)                                                                       \
     {                                                                                              \
         .name = (char *)#backend_, .line = __LINE__, .sni = {__VA_ARGS__},                         \
-        .nsni = sizeof((char *[]){__VA_ARGS__}) / sizeof(char *), .backend = &backend_,            \
+        .nsni = sizeof((char *[]){__VA_ARGS__}) / sizeof(char *), .backends = {&backend_},         \
     }
 
 #define N(routes) (sizeof(routes) / sizeof((routes)[0]))
@@ -41,7 +41,7 @@ static void assert_routes_to(const struct cfg_route *routes, size_t n, const cha
     if (!r)
         fail_msg("'%s' not routed, expected [route %s]", sni ? sni : "(none)", backend->name);
     assert_true(r >= routes && r < routes + n);
-    if (r->backend != backend)
+    if (r->backends[0] != backend)
         fail_msg("'%s' routed to [route %s], expected [route %s]", sni ? sni : "(none)", r->name,
                  backend->name);
 }
