@@ -82,7 +82,10 @@ VALGRIND_TESTS ?= test_smtp_modes.py::test_mailbox_end_to_end \
 	test_workers.py::test_client_limit_counts_all_workers \
 	test_smtp_negative.py::test_command_pipelined_behind_starttls_drops_the_connection \
 	test_access_negative.py::test_foreign_alpn_terminate_gets_no_application_protocol \
-	test_limits.py::test_max_client_connections
+	test_limits.py::test_max_client_connections \
+	test_xclient.py::test_client_sees_one_greeting_and_backend_gets_exact_command \
+	test_backend_pool.py::test_a_failing_first_backend_is_passed_over \
+	test_backend_pool.py::test_checks_mark_a_backend_down_and_up_without_any_client
 valgrind: $(BIN)
 	cd tests/integration && SALLYPORT=$(abspath $(BIN)) \
 	    SALLYPORT_WRAPPER="valgrind -q --error-exitcode=99 --leak-check=full \

@@ -124,6 +124,9 @@ struct cfg_backend {
     /* down_time = 30: seconds an address that failed a session before any
      * client byte went to it is skipped while its route has another. */
     unsigned down_time;
+    /* check_interval = (none): every this many seconds, connect to each
+     * address and read the greeting (probe.c); 0 = off. */
+    unsigned check_interval;
     /* Non-NULL when this backend is an embedded mailbox ([mailbox NAME] makes
      * one backend of the same name, every SMTP service at its address). */
     const struct cfg_mailbox *mailbox;

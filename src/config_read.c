@@ -171,6 +171,7 @@ static const struct key_def keys[] = {
     {K_BACKEND, "proxy_protocol", key_proxy_version, OFF(cfg_backend, proxy_protocol), 0},
     {K_BACKEND, "xclient", key_bool, OFF(cfg_backend, xclient), 0},
     {K_BACKEND, "down_time", key_duration, OFF(cfg_backend, down_time), 0},
+    {K_BACKEND, "check_interval", key_duration, OFF(cfg_backend, check_interval), 0},
     {K_BACKEND, NULL, key_endpoint, OFF(cfg_backend, endpoints), KEY_CORE},
     {K_ROUTE, "sni", key_sni, 0, KEY_REQUIRED | KEY_LIST},
     {K_ROUTE, "backend", key_string, OFF(config_record, backend_ref), KEY_REQUIRED | KEY_RECORD},

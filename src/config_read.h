@@ -15,7 +15,7 @@
 enum config_kind { K_GLOBAL, K_CERTIFICATE, K_LISTENER, K_BACKEND, K_ROUTE, K_MAILBOX, K_COUNT };
 
 #define CONFIG_NO_RECORD SIZE_MAX
-#define CONFIG_KEY_SLOTS 48
+#define CONFIG_KEY_SLOTS 64
 
 /* One parsed section: where it is in the file and which keys it set. */
 struct config_record {

@@ -1,8 +1,11 @@
 #include <stdatomic.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 
 #include "health.h"
+#include "log.h"
+#include "sock.h"
 
 struct health {
     const struct config *config;
@@ -59,20 +62,37 @@ bool health_is_down(struct health *h, const struct cfg_backend *b, enum service 
     return atomic_load(slot(h, b, service, addr)) > ms(now);
 }
 
-bool health_mark_down(struct health *h, const struct cfg_backend *b, enum service service,
-                      size_t addr, double now)
+/* "mx1 (10.0.0.5:465, submissions)" for the log. */
+static void describe(const struct cfg_backend *b, enum service service, size_t addr, char *out,
+                     size_t len)
+{
+    char where[64];
+    sock_addr_format((const struct sockaddr *)&b->endpoints[service].addrs[addr].ss, where,
+                     sizeof where);
+    snprintf(out, len, "%s (%s, %s)", b->name, where, service_info(service)->name);
+}
+
+void health_failed(struct health *h, const struct cfg_backend *b, enum service service, size_t addr,
+                   double now, const char *why)
 {
     int64_t until = ms(now + b->down_time);
     if (until <= ms(now))
-        until = ms(now) + 1; /* down_time 0 still records the failure */
-    return atomic_exchange(slot(h, b, service, addr), until) <= ms(now);
+        until = ms(now) + 1;
+    if (atomic_exchange(slot(h, b, service, addr), until) > ms(now))
+        return; /* already down: said so */
+    char who[400];
+    describe(b, service, addr, who, sizeof who);
+    log_warn("backend %s marked down for %us: %s", who, b->down_time, why);
 }
 
-bool health_mark_up(struct health *h, const struct cfg_backend *b, enum service service,
-                    size_t addr)
+void health_served(struct health *h, const struct cfg_backend *b, enum service service, size_t addr)
 {
     _Atomic int64_t *s = slot(h, b, service, addr);
-    return atomic_load(s) != 0 && atomic_exchange(s, 0) != 0;
+    if (atomic_load(s) == 0 || atomic_exchange(s, 0) == 0)
+        return;
+    char who[400];
+    describe(b, service, addr, who, sizeof who);
+    log_info("backend %s is up again", who);
 }
 
 unsigned health_next_turn(struct health *h, const struct cfg_route *route)

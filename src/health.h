@@ -24,15 +24,15 @@ void health_free(struct health *health);
 bool health_is_down(struct health *health, const struct cfg_backend *b, enum service service,
                     size_t addr, double now);
 
-/* Marks it down until now + b->down_time. Returns true if it was up (a
- * change worth a log line). */
-bool health_mark_down(struct health *health, const struct cfg_backend *b, enum service service,
-                      size_t addr, double now);
+/* It failed (a session before any client byte, or a check) for `why`:
+ * marked down until now + b->down_time, logged when it was up. */
+void health_failed(struct health *health, const struct cfg_backend *b, enum service service,
+                   size_t addr, double now, const char *why);
 
-/* Marks it up. Returns true if it had been marked down since it last
- * served (a change worth a log line). */
-bool health_mark_up(struct health *health, const struct cfg_backend *b, enum service service,
-                    size_t addr);
+/* It served (a session got through, or a check saw its greeting): marked
+ * up, logged when it had been marked down since it last served. */
+void health_served(struct health *health, const struct cfg_backend *b, enum service service,
+                   size_t addr);
 
 /* The route's next round-robin turn (0, 1, 2, ... shared by all workers). */
 unsigned health_next_turn(struct health *health, const struct cfg_route *route);

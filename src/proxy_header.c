@@ -299,6 +299,17 @@ static bool put_ssl_tlv(uint8_t *out, size_t cap, size_t *pos, const struct prox
     return put_tlv(out, cap, pos, PP2_TYPE_SSL, value, len);
 }
 
+size_t proxy_header_v2_local(uint8_t *out, size_t cap)
+{
+    if (cap < PROXY_V2_FIXED)
+        return 0;
+    memcpy(out, v2_signature, sizeof v2_signature);
+    out[12] = 0x20 | V2_CMD_LOCAL;
+    out[13] = V2_AF_UNSPEC << 4;
+    out[14] = out[15] = 0;
+    return PROXY_V2_FIXED;
+}
+
 size_t proxy_header_v2(const struct sockaddr *src, const struct sockaddr *dst,
                        const struct proxy_tlvs *tlvs, uint8_t *out, size_t cap)
 {

@@ -64,6 +64,10 @@ struct proxy_tlvs {
 size_t proxy_header_v1(const struct sockaddr *src, const struct sockaddr *dst, char *out,
                        size_t cap);
 
+/* Writes a v2 LOCAL header (a health check: no client to name). Returns its
+ * length (PROXY_V2_FIXED), or 0 if `cap` is too small. */
+size_t proxy_header_v2_local(uint8_t *out, size_t cap);
+
 /* Writes a v2 PROXY header with the TLVs in `tlvs` (may be NULL). Returns
  * its length, or 0 if it does not fit `cap` (PROXY_HEADER_MAX suffices for
  * names of up to 255 bytes). */

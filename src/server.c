@@ -6,6 +6,7 @@
 #include "listener.h"
 #include "log.h"
 #include "mailbox.h"
+#include "probe.h"
 #include "server.h"
 #include "session.h"
 #include "tls.h"
@@ -126,7 +127,9 @@ int server_run(struct server *server)
     log_info("sallyport ready (%zu listener%s, %zu mailbox%s, %u worker%s)", c->nlisteners,
              c->nlisteners == 1 ? "" : "s", c->nmailboxes, c->nmailboxes == 1 ? "" : "es", started,
              started == 1 ? "" : "s");
+    struct prober *prober = prober_start(server, server->workers[0].loop);
     ev_run(server->workers[0].loop, 0);
+    prober_stop(prober);
     atomic_store(&server->running, false); /* no more wake-ups: the loops are ending */
     for (unsigned i = 1; i < started; i++)
         worker_join(&server->workers[i]);

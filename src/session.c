@@ -687,13 +687,8 @@ static void connect_backend(struct session *s)
  * dropped, and the next one is tried. */
 static void backend_failed(struct session *s, const char *why)
 {
-    char addr[64];
-    sock_addr_format((const struct sockaddr *)&s->endpoint->addrs[s->target_addr].ss, addr,
-                     sizeof addr);
-    if (health_mark_down(s->server->health, s->target, s->listener->service, s->target_addr,
-                         ev_now(s->worker->loop)))
-        log_warn("backend %s (%s, %s) marked down for %us: %s", s->target->name, addr,
-                 s->service->name, s->target->down_time, why);
+    health_failed(s->server->health, s->target, s->listener->service, s->target_addr,
+                  ev_now(s->worker->loop), why);
     size_t k = 0;
     while (k < s->route->nbackends && s->route->backends[k] != s->target)
         k++;
@@ -1007,12 +1002,7 @@ static void greet_after_backend_starttls(struct session *s)
 
 static void start_relay(struct session *s)
 {
-    if (health_mark_up(s->server->health, s->target, s->listener->service, s->target_addr)) {
-        char addr[64];
-        sock_addr_format((const struct sockaddr *)&s->endpoint->addrs[s->target_addr].ss, addr,
-                         sizeof addr);
-        log_info("backend %s (%s, %s) is up again", s->target->name, addr, s->service->name);
-    }
+    health_served(s->server->health, s->target, s->listener->service, s->target_addr);
     s->relay_preloaded = buf_slot_len(s->up);
     relay_init(&s->relay, &s->client, &s->backend, &s->up, &s->down, session_bufs(s),
                session_pipes(s));

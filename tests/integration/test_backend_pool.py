@@ -28,7 +28,7 @@ SNI = "mail.pool.test"
 
 
 def pool_config(ca, port, backends, *, service="submissions", flavour="plain", balance=None,
-                extra_global="", down_time=None, sni=SNI):
+                extra_global="", down_time=None, sni=SNI, extra_backend=""):
     """One terminating listener; backends: [(name, "HOST:PORT")] behind one route."""
     text = f"[global]\nlog_level = info\n{extra_global}\n"
     text += certificate_section("gw", *issue(ca, sni))
@@ -37,7 +37,7 @@ def pool_config(ca, port, backends, *, service="submissions", flavour="plain", b
         text += f"[backend {name}]\n{service} = {where} {flavour}\n"
         if down_time:
             text += f"down_time = {down_time}\n"
-        text += "\n"
+        text += extra_backend + "\n"
     text += f"[route r]\nsni = *\nbackend = {' '.join(n for n, _ in backends)}\n"
     if balance:
         text += f"balance = {balance}\n"
@@ -177,6 +177,48 @@ def test_every_address_of_a_host_name_is_tried(sallyport, ca, live):
         assert fb.count == 1
 
 
+# ---- active checks (check_interval) ---------------------------------------------------
+
+V2_LOCAL = b"\r\n\r\n\x00\r\nQUIT\n" + b"\x20\x00\x00\x00"
+
+
+@pytest.mark.parametrize("kind", ["plain", "implicit", "proxy-v2", "proxy-v1"])
+def test_checks_mark_a_backend_down_and_up_without_any_client(sallyport, ca, kind):
+    """check_interval = 1: sallyport connects on its own and reads the
+    greeting. Nothing listening: marked down; a server that greets on that
+    port: up again. No client is involved, and a check sends no command
+    (only the PROXY header a backend that wants one expects: LOCAL or
+    UNKNOWN)."""
+    from fakebackend import recv_proxy_header, server_context, tls
+    port, backend_port = free_port(), free_port()
+    flavour = "implicit" if kind == "implicit" else "plain"
+    text = pool_config(ca, port, [("b1", f"127.0.0.1:{backend_port}")], flavour=flavour)
+    extra = "check_interval = 1\n"
+    if kind == "implicit":
+        extra += f"ca = {ca.cert}\ntls_name = b1.test\n"
+    if kind.startswith("proxy"):
+        extra += f"proxy_protocol = {kind[-2:]}\n"
+    sp = sallyport(text.replace("[backend b1]\n", "[backend b1]\n" + extra))
+    wait_for(lambda: "backend b1 (127.0.0.1:" in sp.log() and "marked down for 30s: check: "
+             "connect failed: Connection refused" in sp.log(), what="the check marking b1 down")
+    script = [send(b"220 b1.test ESMTP\r\n"), recv_line()]
+    if kind == "implicit":
+        script = [tls(server_context(*issue(ca, "b1.test")))] + script
+    if kind.startswith("proxy"):
+        script = [recv_proxy_header()] + script
+    with FakeBackend(script, port=backend_port) as fb:
+        wait_for(lambda: "backend b1 (127.0.0.1:" in sp.log() and "is up again" in sp.log(),
+                 what="the check marking b1 up again")
+        conn = fb.wait_connection()
+        conn.wait_closed()
+        assert conn.received == b"", conn.received      # no command, ever
+        if kind == "proxy-v2":
+            assert conn.proxy_header == V2_LOCAL
+        elif kind == "proxy-v1":
+            assert conn.proxy_header == b"PROXY UNKNOWN\r\n"
+    assert session_lines(sp.log()) == []
+
+
 # ---- real servers: two Postfix, two Dovecot ----------------------------------------
 
 @pytest.fixture(scope="module")
@@ -205,14 +247,18 @@ def test_two_postfix_one_stopped_mid_loop(sallyport, ca, two_postfix):
     first one receives mail again once it is back."""
     pf1, pf2 = two_postfix
     port = free_port()
-    sallyport(pool_config(ca, port, [("pf1", f"127.0.0.1:{pf1.plain_port}"),
-                                     ("pf2", f"127.0.0.1:{pf2.plain_port}")], down_time=1))
+    sp = sallyport(pool_config(ca, port, [("pf1", f"127.0.0.1:{pf1.plain_port}"),
+                                          ("pf2", f"127.0.0.1:{pf2.plain_port}")], down_time=1,
+                               extra_backend="check_interval = 1\n"))
     sent = []
     for i in range(15):
         if i == 5:
             pf1.stop()
         if i == 10:
             pf1.restart()
+            # The active check sees it back before any session tries it.
+            wait_for(lambda: f"backend pf1 (127.0.0.1:{pf1.plain_port}, submissions) is up "
+                     "again" in sp.log(), what="pf1's check seeing it back")
         rcpt = pf1.new_address("pool.test")
         send_one(ca, port, rcpt)       # raises on any failure a client would see
         sent.append(rcpt)

@@ -571,7 +571,8 @@ static void test_unknown_key(void **state)
     expect_errors(
         BASE "[backend mx2]\nhost = 10.0.0.6\nweight = 2\n",
         "cfg:12: weight: unknown key in [backend mx2] (expected host, ca, verify, "
-        "tls_name, proxy_protocol, xclient, down_time or a service word such as submission)\n",
+        "tls_name, proxy_protocol, xclient, down_time, check_interval or a service word such as "
+        "submission)\n",
         1);
 }
 

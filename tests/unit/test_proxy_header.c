@@ -178,6 +178,16 @@ static void test_v2_tcp4_tcp6_local_unspec(void **state)
     n = v2(buf, 0x21, 0x00, NULL, 0);
     assert_int_equal(parse(buf, n, &h), PROXY_PARSE_OK);
     assert_false(h.has_addresses);
+    /* The LOCAL header sallyport's own health checks send: exactly that. */
+    uint8_t local[PROXY_V2_FIXED];
+    assert_int_equal(proxy_header_v2_local(local, sizeof local - 1), 0);
+    assert_int_equal(proxy_header_v2_local(local, sizeof local), PROXY_V2_FIXED);
+    assert_memory_equal(local, buf, 12); /* the signature */
+    assert_int_equal(local[12], 0x20);
+    assert_int_equal(local[13], 0x00);
+    assert_int_equal(parse(local, sizeof local, &h), PROXY_PARSE_OK);
+    assert_false(h.has_addresses);
+    assert_int_equal(h.length, PROXY_V2_FIXED);
 }
 
 static void test_v2_refused(void **state)
