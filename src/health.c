@@ -7,10 +7,18 @@
 #include "log.h"
 #include "sock.h"
 
+/* Each address carries two marks, one per witness: a session that failed
+ * there, a check that failed there. It is down while either mark is in the
+ * future. A session that gets through clears both (nothing is more
+ * convincing); a check that sees a greeting clears only its own, so that a
+ * failure only sessions meet (a refused STARTTLS, XCLIENT or certificate
+ * behind a good greeting) is not undone by every check. */
+enum { MARKS = HEALTH_CHECK + 1 };
+
 struct health {
     const struct config *config;
-    /* [backend][service][address]: until when (ms since the epoch) it is
-     * down; 0 once it served (or never failed). */
+    /* [backend][service][address][witness]: until when (ms since the
+     * epoch) it counts as down; 0 when that witness last saw it work. */
     _Atomic int64_t *down_until;
     atomic_uint *turns; /* [route] */
 };
@@ -18,7 +26,7 @@ struct health {
 struct health *health_new(const struct config *config)
 {
     struct health *h = calloc(1, sizeof *h);
-    size_t slots = config->nbackends * SERVICE_COUNT * ENDPOINT_MAX_ADDRS;
+    size_t slots = config->nbackends * SERVICE_COUNT * ENDPOINT_MAX_ADDRS * MARKS;
     if (!h)
         return NULL;
     h->config = config;
@@ -44,11 +52,13 @@ void health_free(struct health *h)
     free(h);
 }
 
-static _Atomic int64_t *slot(struct health *h, const struct cfg_backend *b, enum service service,
-                             size_t addr)
+/* The marks of one address: [HEALTH_SESSION], [HEALTH_CHECK]. */
+static _Atomic int64_t *marks(struct health *h, const struct cfg_backend *b, enum service service,
+                              size_t addr)
 {
     size_t backend = (size_t)(b - h->config->backends);
-    return &h->down_until[(backend * SERVICE_COUNT + (size_t)service) * ENDPOINT_MAX_ADDRS + addr];
+    size_t at = (backend * SERVICE_COUNT + (size_t)service) * ENDPOINT_MAX_ADDRS + addr;
+    return &h->down_until[at * MARKS];
 }
 
 static int64_t ms(double seconds)
@@ -59,7 +69,8 @@ static int64_t ms(double seconds)
 bool health_is_down(struct health *h, const struct cfg_backend *b, enum service service,
                     size_t addr, double now)
 {
-    return atomic_load(slot(h, b, service, addr)) > ms(now);
+    _Atomic int64_t *m = marks(h, b, service, addr);
+    return atomic_load(&m[HEALTH_SESSION]) > ms(now) || atomic_load(&m[HEALTH_CHECK]) > ms(now);
 }
 
 /* "mx1 (10.0.0.5:465, submissions)" for the log. */
@@ -72,23 +83,29 @@ static void describe(const struct cfg_backend *b, enum service service, size_t a
     snprintf(out, len, "%s (%s, %s)", b->name, where, service_info(service)->name);
 }
 
-void health_failed(struct health *h, const struct cfg_backend *b, enum service service, size_t addr,
-                   double now, const char *why)
+void health_failed(struct health *h, enum health_witness witness, const struct cfg_backend *b,
+                   enum service service, size_t addr, double now, const char *why)
 {
-    int64_t until = ms(now + b->down_time);
-    if (until <= ms(now))
-        until = ms(now) + 1;
-    if (atomic_exchange(slot(h, b, service, addr), until) > ms(now))
-        return; /* already down: said so */
+    bool was_down = health_is_down(h, b, service, addr, now);
+    _Atomic int64_t *m = marks(h, b, service, addr);
+    atomic_store(&m[witness], ms(now + b->down_time));
+    if (was_down)
+        return; /* said so already */
     char who[400];
     describe(b, service, addr, who, sizeof who);
     log_warn("backend %s marked down for %us: %s", who, b->down_time, why);
 }
 
-void health_served(struct health *h, const struct cfg_backend *b, enum service service, size_t addr)
+void health_served(struct health *h, enum health_witness witness, const struct cfg_backend *b,
+                   enum service service, size_t addr, double now)
 {
-    _Atomic int64_t *s = slot(h, b, service, addr);
-    if (atomic_load(s) == 0 || atomic_exchange(s, 0) == 0)
+    _Atomic int64_t *m = marks(h, b, service, addr);
+    bool was_marked = atomic_exchange(&m[HEALTH_CHECK], 0) != 0;
+    /* A check does not undo what a session saw, until its time is over. */
+    if (witness == HEALTH_CHECK && atomic_load(&m[HEALTH_SESSION]) > ms(now))
+        return;
+    was_marked |= atomic_exchange(&m[HEALTH_SESSION], 0) != 0;
+    if (!was_marked)
         return;
     char who[400];
     describe(b, service, addr, who, sizeof who);

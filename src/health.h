@@ -13,6 +13,12 @@
 
 #include "config.h"
 
+/* Who saw an address fail or work. */
+enum health_witness {
+    HEALTH_SESSION, /* a session: before any client byte, or all the way to the relay */
+    HEALTH_CHECK,   /* an active check (probe.c): the greeting */
+};
+
 struct health;
 
 /* Sized for `config` (its backends and routes). NULL when out of memory. */
@@ -20,19 +26,21 @@ struct health *health_new(const struct config *config);
 void health_free(struct health *health);
 
 /* True while address `addr` of backend `b`'s endpoint for `service` is
- * marked down at time `now` (seconds, ev_now()). */
+ * marked down by either witness at time `now` (seconds, ev_now()). */
 bool health_is_down(struct health *health, const struct cfg_backend *b, enum service service,
                     size_t addr, double now);
 
-/* It failed (a session before any client byte, or a check) for `why`:
- * marked down until now + b->down_time, logged when it was up. */
-void health_failed(struct health *health, const struct cfg_backend *b, enum service service,
-                   size_t addr, double now, const char *why);
+/* It failed for `why`: the witness's mark says down until now +
+ * b->down_time; logged when the address was up. */
+void health_failed(struct health *health, enum health_witness witness, const struct cfg_backend *b,
+                   enum service service, size_t addr, double now, const char *why);
 
-/* It served (a session got through, or a check saw its greeting): marked
- * up, logged when it had been marked down since it last served. */
-void health_served(struct health *health, const struct cfg_backend *b, enum service service,
-                   size_t addr);
+/* It worked: a session clears both marks, a check its own and a session's
+ * whose down_time is over (a failure only sessions meet, such as a refused
+ * STARTTLS behind a good greeting, stays until then). Logged once, when the
+ * address had been marked down. */
+void health_served(struct health *health, enum health_witness witness, const struct cfg_backend *b,
+                   enum service service, size_t addr, double now);
 
 /* The route's next round-robin turn (0, 1, 2, ... shared by all workers). */
 unsigned health_next_turn(struct health *health, const struct cfg_route *route);

@@ -28,6 +28,7 @@ struct probe {
     enum service service;
     size_t addr;
     enum probe_state state;
+    bool verify; /* some session terminates towards it: its certificate must pass */
     struct conn conn;
     ev_io io;
     ev_timer every;    /* check_interval */
@@ -54,9 +55,11 @@ static void finish(struct probe *p, const char *failure)
     p->state = PROBE_IDLE;
     struct health *health = p->owner->server->health;
     if (failure)
-        health_failed(health, p->backend, p->service, p->addr, ev_now(p->owner->loop), failure);
+        health_failed(health, HEALTH_CHECK, p->backend, p->service, p->addr, ev_now(p->owner->loop),
+                      failure);
     else
-        health_served(health, p->backend, p->service, p->addr);
+        health_served(health, HEALTH_CHECK, p->backend, p->service, p->addr,
+                      ev_now(p->owner->loop));
 }
 
 static void wait_for(struct probe *p, int events)
@@ -116,6 +119,8 @@ static void on_connected(struct probe *p)
         finish(p, "check: cannot create a TLS session");
         return;
     }
+    if (!p->verify) /* only passed through to: the clients verify it, not sallyport */
+        SSL_set_verify(ssl, SSL_VERIFY_NONE, NULL);
     conn_start_tls(&p->conn, ssl);
     p->state = PROBE_HANDSHAKE;
     wait_for(p, EV_WRITE);
@@ -217,9 +222,12 @@ static void on_every(struct ev_loop *loop, ev_timer *w, int revents)
         return;
     int fd = sock_connect(&p->backend->endpoints[p->service].addrs[p->addr]);
     if (fd < 0) {
+        if (sock_error_is_local(errno))
+            return; /* our trouble, not the backend's: try again next time */
         char why[160];
         snprintf(why, sizeof why, "check: connect failed: %s", strerror(errno));
-        health_failed(p->owner->server->health, p->backend, p->service, p->addr, ev_now(loop), why);
+        health_failed(p->owner->server->health, HEALTH_CHECK, p->backend, p->service, p->addr,
+                      ev_now(loop), why);
         return;
     }
     conn_init(&p->conn, fd);
@@ -228,6 +236,18 @@ static void on_every(struct ev_loop *loop, ev_timer *w, int revents)
     wait_for(p, EV_WRITE);
     ev_timer_set(&p->deadline, p->owner->server->config->global.connect_timeout, 0.);
     ev_timer_start(loop, &p->deadline);
+}
+
+/* True if some listener/route pair terminates TLS towards backend `b`:
+ * sallyport then verifies its certificate, and so do the checks. */
+static bool terminated_towards(const struct config *config, const struct cfg_backend *b)
+{
+    for (size_t r = 0; r < config->nroutes; r++)
+        for (size_t k = 0; k < config->routes[r].nbackends; k++)
+            for (size_t l = 0; config->routes[r].backends[k] == b && l < config->nlisteners; l++)
+                if (route_mode(&config->listeners[l], &config->routes[r]) == MODE_TERMINATE)
+                    return true;
+    return false;
 }
 
 /* True if some listener offers `service` (only those endpoints are used). */
@@ -267,11 +287,16 @@ struct prober *prober_start(struct server *server, struct ev_loop *loop)
                     if (pass == 0)
                         continue;
                     struct probe *p = &prober->probes[n];
-                    *p = (struct probe){
-                        .owner = prober, .backend = backend, .service = (enum service)s, .addr = a};
+                    *p = (struct probe){.owner = prober,
+                                        .backend = backend,
+                                        .service = (enum service)s,
+                                        .addr = a,
+                                        .verify = terminated_towards(config, backend)};
                     conn_init(&p->conn, -1);
                     ev_init(&p->io, on_io);
-                    ev_timer_init(&p->every, on_every, 0., backend->check_interval);
+                    /* Spread over the first second, not all at once. */
+                    ev_timer_init(&p->every, on_every, 0.05 * (double)(n % 20),
+                                  backend->check_interval);
                     ev_init(&p->deadline, on_deadline);
                     p->io.data = p->every.data = p->deadline.data = p;
                     ev_timer_start(loop, &p->every);

@@ -47,8 +47,11 @@
  * reads it (the "lingering close" of nginx and Apache). */
 #define LINGER_TIMEOUT   2.0
 #define LINGER_BYTES_MAX (64 * 1024)
-/* Backend addresses one session tries at most before it gives up. */
+/* Backend addresses one session tries at most before it gives up, and the
+ * time it may spend on them all, in connect_timeouts (each try gets at most
+ * one, and what is left). */
 #define BACKEND_ATTEMPTS_MAX 8
+#define BACKEND_TIMEOUTS_MAX 3
 /* Log lines for clients turned away by the client limits, per second. */
 #define REFUSALS_LOGGED_PER_SECOND 20
 
@@ -123,7 +126,8 @@ struct session {
     uint8_t turn;     /* round robin: the route's backend tried first */
     uint8_t nfailed;  /* route->backends[] indices that failed, each once */
     uint8_t failed[ROUTE_MAX_BACKENDS];
-    uint32_t tried; /* candidate bits: rank * ENDPOINT_MAX_ADDRS + address */
+    uint32_t tried;             /* candidate bits: rank * ENDPOINT_MAX_ADDRS + address */
+    ev_tstamp backend_deadline; /* no more tries after this */
     bool has_sni;
     bool sni_refused;  /* the TLS handshake was refused: no route for the SNI */
     bool alpn_refused; /* ... or the client offered ALPN, but not our protocol */
@@ -631,22 +635,25 @@ static bool choose_backend(struct session *s)
 {
     const struct cfg_route *r = s->route;
     double now = ev_now(s->worker->loop);
+    /* Pass 0: those up, each backend's addresses together. Pass 1: those
+     * marked down, each backend's first address before any second one, so
+     * the try limit reaches every backend. */
     for (int pass = 0; pass < 2; pass++) {
-        for (size_t rank = 0; rank < r->nbackends; rank++) {
+        for (size_t i = 0; i < r->nbackends * ENDPOINT_MAX_ADDRS; i++) {
+            size_t rank = pass == 0 ? i / ENDPOINT_MAX_ADDRS : i % r->nbackends;
+            size_t addr = pass == 0 ? i % ENDPOINT_MAX_ADDRS : i / r->nbackends;
             const struct cfg_backend *b = r->backends[(s->turn + rank) % r->nbackends];
             const struct endpoint *ep = &b->endpoints[s->listener->service];
-            for (size_t addr = 0; addr < ep->naddrs; addr++) {
-                uint32_t bit = 1u << (rank * ENDPOINT_MAX_ADDRS + addr);
-                if ((s->tried & bit) ||
-                    (pass == 0 &&
-                     health_is_down(s->server->health, b, s->listener->service, addr, now)))
-                    continue;
-                s->tried |= bit;
-                s->target = b;
-                s->endpoint = ep;
-                s->target_addr = (uint8_t)addr;
-                return true;
-            }
+            uint32_t bit = 1u << (rank * ENDPOINT_MAX_ADDRS + addr);
+            if (addr >= ep->naddrs || (s->tried & bit) ||
+                (pass == 0 &&
+                 health_is_down(s->server->health, b, s->listener->service, addr, now)))
+                continue;
+            s->tried |= bit;
+            s->target = b;
+            s->endpoint = ep;
+            s->target_addr = (uint8_t)addr;
+            return true;
         }
     }
     return false;
@@ -656,18 +663,23 @@ static bool choose_backend(struct session *s)
  * fails with `why` (the last failure). */
 static void try_backend(struct session *s, const char *why)
 {
-    if (s->attempts >= BACKEND_ATTEMPTS_MAX || !choose_backend(s)) {
+    double left = s->backend_deadline - ev_now(s->worker->loop);
+    if (s->attempts >= BACKEND_ATTEMPTS_MAX || left <= 0 || !choose_backend(s)) {
         fail_with_reply(s, why);
         return;
     }
     s->attempts++;
-    arm_timer(s, s->server->config->global.connect_timeout);
+    double timeout = s->server->config->global.connect_timeout;
+    arm_timer(s, timeout < left ? timeout : left);
     session_enter(s, SESSION_CONNECTING);
     int fd = sock_connect(&s->endpoint->addrs[s->target_addr]);
     if (fd < 0) {
         char reason[160];
         snprintf(reason, sizeof reason, "backend connect failed: %s", strerror(errno));
-        backend_failed(s, reason);
+        if (sock_error_is_local(errno))
+            fail_with_reply(s, reason); /* our trouble: no backend is to blame */
+        else
+            backend_failed(s, reason);
         return;
     }
     conn_init(&s->backend, fd);
@@ -679,6 +691,8 @@ static void connect_backend(struct session *s)
 {
     if (s->route->balance == BALANCE_ROUNDROBIN)
         s->turn = (uint8_t)(health_next_turn(s->server->health, s->route) % s->route->nbackends);
+    s->backend_deadline = ev_now(s->worker->loop) +
+                          BACKEND_TIMEOUTS_MAX * (double)s->server->config->global.connect_timeout;
     try_backend(s, "no backend address to try");
 }
 
@@ -687,8 +701,8 @@ static void connect_backend(struct session *s)
  * dropped, and the next one is tried. */
 static void backend_failed(struct session *s, const char *why)
 {
-    health_failed(s->server->health, s->target, s->listener->service, s->target_addr,
-                  ev_now(s->worker->loop), why);
+    health_failed(s->server->health, HEALTH_SESSION, s->target, s->listener->service,
+                  s->target_addr, ev_now(s->worker->loop), why);
     size_t k = 0;
     while (k < s->route->nbackends && s->route->backends[k] != s->target)
         k++;
@@ -1002,7 +1016,8 @@ static void greet_after_backend_starttls(struct session *s)
 
 static void start_relay(struct session *s)
 {
-    health_served(s->server->health, s->target, s->listener->service, s->target_addr);
+    health_served(s->server->health, HEALTH_SESSION, s->target, s->listener->service,
+                  s->target_addr, ev_now(s->worker->loop));
     s->relay_preloaded = buf_slot_len(s->up);
     relay_init(&s->relay, &s->client, &s->backend, &s->up, &s->down, session_bufs(s),
                session_pipes(s));

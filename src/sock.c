@@ -124,6 +124,11 @@ int sock_addr_resolve(const char *text, uint16_t default_port, struct sock_addr 
     return 0;
 }
 
+bool sock_error_is_local(int err)
+{
+    return err == EMFILE || err == ENFILE || err == ENOBUFS || err == ENOMEM;
+}
+
 int sock_addr_numeric(const struct sockaddr *sa, char *ip, size_t iplen, unsigned *port)
 {
     if (sa->sa_family == AF_INET) {

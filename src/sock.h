@@ -62,6 +62,11 @@ void sock_set_nodelay(int fd);
  * done), or -1 with errno set. */
 int sock_connect(const struct sock_addr *addr);
 
+/* True for a connect() errno that is this process's or host's own trouble
+ * (out of descriptors or memory), not the peer's: no reason to think less
+ * of the backend. */
+bool sock_error_is_local(int err);
+
 /* After a connect completes (socket writable), returns 0 or the errno value
  * of the failure. */
 int sock_connect_result(int fd);

@@ -219,6 +219,35 @@ def test_checks_mark_a_backend_down_and_up_without_any_client(sallyport, ca, kin
     assert session_lines(sp.log()) == []
 
 
+def test_a_check_does_not_undo_what_a_session_saw(sallyport, ca):
+    """A STARTTLS backend that greets well but refuses STARTTLS: sessions
+    mark it down; the checks, which only read the greeting, see it greet
+    and must not mark it up again within its down_time (no flapping)."""
+    from fakebackend import server_context, tls
+    port = free_port()
+    refusing = [send(b"220 bad.test ESMTP\r\n"), recv_line(b"EHLO"),
+                send(b"250-bad.test\r\n250 PIPELINING\r\n")]
+    good_script = [send(b"220 good.test ESMTP\r\n"), recv_line(b"EHLO"),
+                   send(b"250-good.test\r\n250 STARTTLS\r\n"), recv_line(b"STARTTLS"),
+                   send(b"220 go\r\n"), tls(server_context(*issue(ca, "good.test"))),
+                   smtp_server(name=b"good.test")]
+    with FakeBackend(refusing) as bad, FakeBackend(good_script) as good:
+        text = pool_config(ca, port, [("bad", bad.address), ("good", good.address)],
+                           flavour="starttls", extra_backend="check_interval = 1\n")
+        text = text.replace("[backend good]\n",
+                            f"[backend good]\nca = {ca.cert}\ntls_name = good.test\n")
+        sp = sallyport(text)
+        smtp_session(ca, port)
+        (f,) = session_fields(sp, 1)
+        assert f["backend"] == "good" and f["failed"] == "bad", f
+        checks_before = bad.count
+        wait_for(lambda: bad.count >= checks_before + 2, what="two more checks of bad")
+        assert "backend bad (" in sp.log() and "is up again" not in sp.log()
+        smtp_session(ca, port)
+        fields = session_fields(sp, 2)
+        assert fields[1]["backend"] == "good" and fields[1]["failed"] == "-", fields
+
+
 # ---- real servers: two Postfix, two Dovecot ----------------------------------------
 
 @pytest.fixture(scope="module")
