@@ -31,6 +31,7 @@
 #include "route.h"
 #include "server.h"
 #include "session.h"
+#include "session_internal.h"
 #include "sock.h"
 #include "tls.h"
 #include "worker.h"
@@ -47,27 +48,8 @@
  * reads it (the "lingering close" of nginx and Apache). */
 #define LINGER_TIMEOUT   2.0
 #define LINGER_BYTES_MAX (64 * 1024)
-/* Backend addresses one session tries at most before it gives up, and the
- * time it may spend on them all, in connect_timeouts (each try gets at most
- * one, and what is left). */
-#define BACKEND_ATTEMPTS_MAX 8
-#define BACKEND_TIMEOUTS_MAX 3
 /* Log lines for clients turned away by the client limits, per second. */
 #define REFUSALS_LOGGED_PER_SECOND 20
-
-enum session_state {
-    SESSION_PROXY_HEADER,      /* proxy_protocol listener: the load balancer's header first */
-    SESSION_CLEARTEXT,         /* starttls listener: cleartext commands until STARTTLS */
-    SESSION_CLIENTHELLO,       /* collecting the ClientHello to learn the SNI and route */
-    SESSION_CLIENT_HANDSHAKE,  /* terminate: TLS handshake with the client */
-    SESSION_CONNECTING,        /* non-blocking connect to the backend */
-    SESSION_PRELUDE,           /* the backend's cleartext greeting and STARTTLS dance */
-    SESSION_BACKEND_HANDSHAKE, /* terminate: TLS handshake with a TLS backend */
-    SESSION_RELAY,             /* bytes both ways until both directions end */
-    SESSION_DRAINING,          /* a last reply is queued for the client; close once sent */
-    SESSION_LINGERING,         /* reply sent, write side shut: discarding input until EOF */
-    SESSION_CLOSED,            /* done; freed when the current callback returns */
-};
 
 static const char *const state_names[] = {
     [SESSION_PROXY_HEADER] = "proxy-header",
@@ -83,93 +65,16 @@ static const char *const state_names[] = {
     [SESSION_CLOSED] = "closed",
 };
 
-struct session {
-    struct worker *worker; /* the event loop it lives on */
-    struct server *server; /* what all workers share */
-    const struct cfg_listener *listener;
-    const struct service_info *service;
-    const struct dialogue *dialogue;
-    enum session_state state;
-
-    struct conn client;
-    struct conn backend;
-    ev_io client_w;
-    ev_io backend_w;
-    ev_timer timer;
-    int client_events; /* events client_w currently waits for */
-    int backend_events;
-
-    /* Buffers are held only while they hold bytes (NULL otherwise): taken
-     * from the worker's pool when needed, given back in session_update(). */
-    struct buf *up;      /* client -> backend; the cleartext phase's input */
-    struct buf *down;    /* backend -> client; replies to the client */
-    struct buf *prelude; /* commands sallyport sends the backend itself */
-    size_t prelude_seen; /* bytes of `down` the prelude has parsed */
-
-    bool discarding_line;  /* skipping the rest of an over-long line */
-    bool starttls_pending; /* go-ahead queued; TLS starts once it is sent */
-    bool client_greeted;   /* the client already has a greeting from us */
-    int client_hs_wait;    /* events the client handshake is blocked on */
-    int backend_hs_wait;
-    int drain_wait;        /* events the final flush is blocked on */
-    int client_slot;       /* this client's entry in server->clients, or -1 */
-    size_t lingered_bytes; /* client input discarded while lingering */
-
-    const struct cfg_route *route;
-    enum listen_mode mode; /* the listener's until routed, then the route's (route_mode()) */
-    /* The backend being tried (or serving), its endpoint for this service
-     * and which of the endpoint's addresses. */
-    const struct cfg_backend *target;
-    const struct endpoint *endpoint;
-    uint8_t target_addr;
-    uint8_t attempts; /* addresses tried so far */
-    uint8_t turn;     /* round robin: the route's backend tried first */
-    uint8_t nfailed;  /* route->backends[] indices that failed, each once */
-    uint8_t failed[ROUTE_MAX_BACKENDS];
-    uint32_t tried;             /* candidate bits: rank * ENDPOINT_MAX_ADDRS + address */
-    ev_tstamp backend_deadline; /* no more tries after this */
-    bool has_sni;
-    bool sni_refused;  /* the TLS handshake was refused: no route for the SNI */
-    bool alpn_refused; /* ... or the client offered ALPN, but not our protocol */
-    char sni[256];
-
-    union {                         /* one phase at a time: cleartext, then prelude, then relay */
-        struct dialogue_server ds;  /* SESSION_CLEARTEXT */
-        struct dialogue_backend db; /* SESSION_PRELUDE */
-        struct relay relay;         /* from start_relay() on: relay_started */
-    };
-    bool relay_started;
-    bool relay_more;        /* relay_step() hit its round limit: run it again soon */
-    size_t relay_preloaded; /* bytes in `up` when the relay started (already counted) */
-
-    uint64_t bytes_in, bytes_out;
-    ev_tstamp started;
-    union sock_any peer;  /* the client (as a PROXY header named it, if any) */
-    union sock_any local; /* the address it reached, when a PROXY header named it */
-    bool has_local;
-    char close_reason[200];
-    enum log_level close_level;
-
-    struct session *prev, *next;
-};
-
 static void session_update(struct session *s);
 static const char *refusal_reason(enum client_verdict verdict);
 static void on_proxy_header_io(struct session *s);
-static bool send_proxy_header(struct session *s);
 static void session_close(struct session *s, enum log_level level, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
-static void connect_backend(struct session *s);
-static void backend_failed(struct session *s, const char *why);
-static void start_relay(struct session *s);
 static void on_relay_io(struct session *s, int client_revents, int backend_revents);
-static void on_prelude_io(struct session *s, int revents);
-static void greet_after_backend_starttls(struct session *s);
-static bool read_prelude(struct session *s);
 
 /* ---- state and timers ----------------------------------------------------- */
 
-static void session_enter(struct session *s, enum session_state next)
+void session_enter(struct session *s, enum session_state next)
 {
     if (log_get_level() <= LOG_LEVEL_DEBUG) {
         char peer[64];
@@ -180,54 +85,54 @@ static void session_enter(struct session *s, enum session_state next)
 }
 
 /* Arms the session's single timer for the current phase. */
-static void arm_timer(struct session *s, double seconds)
+void session_arm_timer(struct session *s, double seconds)
 {
     ev_timer_stop(s->worker->loop, &s->timer);
     ev_timer_set(&s->timer, seconds, seconds);
     ev_timer_start(s->worker->loop, &s->timer);
 }
 
-static struct buf_pool *session_bufs(const struct session *s)
+struct buf_pool *session_bufs(const struct session *s)
 {
     return &s->worker->bufs;
 }
 
-static struct pipe_pool *session_pipes(const struct session *s)
+struct pipe_pool *session_pipes(const struct session *s)
 {
     return &s->worker->pipes;
 }
 
 /* The buffer in `slot`, taken from the pool if the slot holds none. Returns
  * NULL (and closes the session) when out of memory. */
-static struct buf *held(struct session *s, struct buf **slot)
+struct buf *session_held(struct session *s, struct buf **slot)
 {
     if (!*slot && !(*slot = buf_pool_take(session_bufs(s))))
         session_close(s, LOG_LEVEL_ERROR, "out of memory for a buffer");
     return *slot;
 }
 
-static bool client_in_tls(const struct session *s)
+bool session_client_in_tls(const struct session *s)
 {
     return s->client.ssl && SSL_is_init_finished(s->client.ssl);
 }
 
 /* Closes after telling the client why, if the protocol lets us: in the
  * cleartext phase, or inside a terminated TLS session. Otherwise closes. */
-static void fail_with_reply(struct session *s, const char *reason)
+void session_fail_with_reply(struct session *s, const char *reason)
 {
-    bool can_reply = s->state == SESSION_CLEARTEXT || client_in_tls(s);
+    bool can_reply = s->state == SESSION_CLEARTEXT || session_client_in_tls(s);
     if (!can_reply) {
         session_close(s, LOG_LEVEL_INFO, "%s", reason);
         return;
     }
-    if (!held(s, &s->down))
+    if (!session_held(s, &s->down))
         return;
     s->down->len = 0;
     s->dialogue->unavailable_reply(s->listener->hostname, s->down);
     snprintf(s->close_reason, sizeof s->close_reason, "%s", reason);
     s->close_level = LOG_LEVEL_WARN;
     session_enter(s, SESSION_DRAINING);
-    arm_timer(s, DRAIN_TIMEOUT);
+    session_arm_timer(s, DRAIN_TIMEOUT);
 }
 
 static void on_timer(struct ev_loop *loop, ev_timer *w, int revents)
@@ -239,13 +144,13 @@ static void on_timer(struct ev_loop *loop, ev_timer *w, int revents)
         session_close(s, LOG_LEVEL_INFO, "PROXY header timeout");
         break;
     case SESSION_CLEARTEXT:
-        if (!held(s, &s->down))
+        if (!session_held(s, &s->down))
             break;
         s->down->len = 0;
         s->dialogue->timeout_reply(&s->ds, s->down);
         snprintf(s->close_reason, sizeof s->close_reason, "cleartext phase timeout");
         session_enter(s, SESSION_DRAINING);
-        arm_timer(s, DRAIN_TIMEOUT);
+        session_arm_timer(s, DRAIN_TIMEOUT);
         break;
     case SESSION_CLIENTHELLO:
     case SESSION_CLIENT_HANDSHAKE:
@@ -386,7 +291,7 @@ static bool flush_client(struct session *s, int *wait)
 static void begin_client_tls(struct session *s)
 {
     s->starttls_pending = false;
-    arm_timer(s, s->server->config->global.handshake_timeout);
+    session_arm_timer(s, s->server->config->global.handshake_timeout);
     session_enter(s, SESSION_CLIENTHELLO);
 }
 
@@ -394,7 +299,7 @@ static void begin_client_tls(struct session *s)
 static void run_dialogue(struct session *s)
 {
     while (s->state == SESSION_CLEARTEXT && !s->starttls_pending && buf_slot_len(s->up) > 0) {
-        struct buf *up = s->up, *down = held(s, &s->down);
+        struct buf *up = s->up, *down = session_held(s, &s->down);
         if (!down)
             return;
         if (buf_space(down) < REPLY_BACKLOG_MAX)
@@ -442,7 +347,7 @@ static void run_dialogue(struct session *s)
             if (s->ds.errors >= s->ds.max_errors)
                 snprintf(s->close_reason, sizeof s->close_reason, "too many errors");
             session_enter(s, SESSION_DRAINING);
-            arm_timer(s, DRAIN_TIMEOUT);
+            session_arm_timer(s, DRAIN_TIMEOUT);
             return;
         case DIALOGUE_STARTTLS:
             if (!buf_empty(up) || s->discarding_line) {
@@ -463,7 +368,7 @@ static void run_dialogue(struct session *s)
 static void on_cleartext_io(struct session *s, int revents)
 {
     if (revents & EV_READ) {
-        struct buf *up = held(s, &s->up);
+        struct buf *up = session_held(s, &s->up);
         if (!up)
             return;
         ssize_t n = conn_read(&s->client, up->data + up->len, buf_space(up));
@@ -528,7 +433,7 @@ static void on_client_handshake_io(struct session *s);
  * the route says whether sallyport terminates the TLS or passes it on. */
 static void on_clienthello_io(struct session *s)
 {
-    struct buf *up = held(s, &s->up);
+    struct buf *up = session_held(s, &s->up);
     if (!up)
         return;
     ssize_t n = conn_read(&s->client, up->data + up->len, buf_space(up));
@@ -576,7 +481,7 @@ static void on_clienthello_io(struct session *s)
     if (s->mode == MODE_TERMINATE)
         terminate_client_tls(s);
     else
-        connect_backend(s);
+        backend_connect(s);
 }
 
 /* ---- terminate: the client's TLS handshake --------------------------------- */
@@ -622,399 +527,12 @@ static void on_client_handshake_io(struct session *s)
         session_close(s, LOG_LEVEL_INFO, "no route for this SNI");
         return;
     }
-    connect_backend(s);
-}
-
-/* ---- the backend ---------------------------------------------------------- */
-
-/* Picks the next backend address to try: the route's backends from its
- * turn on (in order, or round robin), each one's addresses in DNS order,
- * skipping those tried already and, while any other is left, those marked
- * down. Returns false when none is left. */
-static bool choose_backend(struct session *s)
-{
-    const struct cfg_route *r = s->route;
-    double now = ev_now(s->worker->loop);
-    /* Pass 0: those up, each backend's addresses together. Pass 1: those
-     * marked down, each backend's first address before any second one, so
-     * the try limit reaches every backend. */
-    for (int pass = 0; pass < 2; pass++) {
-        for (size_t i = 0; i < r->nbackends * ENDPOINT_MAX_ADDRS; i++) {
-            size_t rank = pass == 0 ? i / ENDPOINT_MAX_ADDRS : i % r->nbackends;
-            size_t addr = pass == 0 ? i % ENDPOINT_MAX_ADDRS : i / r->nbackends;
-            const struct cfg_backend *b = r->backends[(s->turn + rank) % r->nbackends];
-            const struct endpoint *ep = &b->endpoints[s->listener->service];
-            uint32_t bit = 1u << (rank * ENDPOINT_MAX_ADDRS + addr);
-            if (addr >= ep->naddrs || (s->tried & bit) ||
-                (pass == 0 &&
-                 health_is_down(s->server->health, b, s->listener->service, addr, now)))
-                continue;
-            s->tried |= bit;
-            s->target = b;
-            s->endpoint = ep;
-            s->target_addr = (uint8_t)addr;
-            return true;
-        }
-    }
-    return false;
-}
-
-/* Connects to the next backend address; when none is left, the session
- * fails with `why` (the last failure). */
-static void try_backend(struct session *s, const char *why)
-{
-    double left = s->backend_deadline - ev_now(s->worker->loop);
-    if (s->attempts >= BACKEND_ATTEMPTS_MAX || left <= 0 || !choose_backend(s)) {
-        fail_with_reply(s, why);
-        return;
-    }
-    s->attempts++;
-    double timeout = s->server->config->global.connect_timeout;
-    arm_timer(s, timeout < left ? timeout : left);
-    session_enter(s, SESSION_CONNECTING);
-    int fd = sock_connect(&s->endpoint->addrs[s->target_addr]);
-    if (fd < 0) {
-        char reason[160];
-        snprintf(reason, sizeof reason, "backend connect failed: %s", strerror(errno));
-        if (sock_error_is_local(errno))
-            fail_with_reply(s, reason); /* our trouble: no backend is to blame */
-        else
-            backend_failed(s, reason);
-        return;
-    }
-    conn_init(&s->backend, fd);
-    ev_io_set(&s->backend_w, fd, 0);
-}
-
-/* Choosing a backend is a step: the first try of a routed session. */
-static void connect_backend(struct session *s)
-{
-    if (s->route->balance == BALANCE_ROUNDROBIN)
-        s->turn = (uint8_t)(health_next_turn(s->server->health, s->route) % s->route->nbackends);
-    s->backend_deadline = ev_now(s->worker->loop) +
-                          BACKEND_TIMEOUTS_MAX * (double)s->server->config->global.connect_timeout;
-    try_backend(s, "no backend address to try");
-}
-
-/* The backend failed before any client byte reached it: it is marked down
- * (logged when that is news), its connection and whatever it sent are
- * dropped, and the next one is tried. */
-static void backend_failed(struct session *s, const char *why)
-{
-    health_failed(s->server->health, HEALTH_SESSION, s->target, s->listener->service,
-                  s->target_addr, ev_now(s->worker->loop), why);
-    size_t k = 0;
-    while (k < s->route->nbackends && s->route->backends[k] != s->target)
-        k++;
-    size_t i = 0;
-    while (i < s->nfailed && s->failed[i] != k)
-        i++;
-    if (i == s->nfailed && s->nfailed < ROUTE_MAX_BACKENDS)
-        s->failed[s->nfailed++] = (uint8_t)k;
-    ev_io_stop(s->worker->loop, &s->backend_w);
-    s->backend_events = 0;
-    conn_close(&s->backend);
-    ev_io_set(&s->backend_w, -1, 0);
-    if (s->down)
-        s->down->len = 0; /* only the backend's bytes are here before the relay */
-    if (s->prelude)
-        s->prelude->len = 0;
-    s->prelude_seen = 0;
-    try_backend(s, why);
-}
-
-/* What an xclient backend is told about the client (db->who). */
-static void describe_client(const struct session *s, struct client_identity *who)
-{
-    memset(who, 0, sizeof *who);
-    who->ipv6 = sock_addr_numeric(&s->peer.sa, who->addr, sizeof who->addr, &who->port) == AF_INET6;
-    union sock_any local = s->local;
-    socklen_t len = sizeof local;
-    if (s->has_local || getsockname(s->client.fd, &local.sa, &len) == 0)
-        if (!sock_addr_numeric(&local.sa, who->local_addr, sizeof who->local_addr,
-                               &who->local_port))
-            who->local_addr[0] = '\0';
-}
-
-/* Starts the backend's cleartext part. An xclient backend is told who the
- * client is once its greeting was read, inside TLS where there is TLS:
- * after the greeting (plain, implicit TLS) or after STARTTLS (IDENTIFY). */
-static void start_prelude(struct session *s, enum backend_mode mode)
-{
-    dialogue_backend_init(&s->db, s->dialogue, mode, s->listener->hostname);
-    s->prelude_seen = 0;
-    session_enter(s, SESSION_PRELUDE);
-    if (s->target->xclient && mode != BACKEND_STARTTLS && s->mode == MODE_TERMINATE) {
-        struct client_identity who;
-        describe_client(s, &who);
-        if (held(s, &s->prelude))
-            dialogue_backend_identify(&s->db, s->dialogue, &who, s->prelude);
-    }
-}
-
-static void start_backend_tls(struct session *s)
-{
-    const struct cfg_backend *backend = s->target;
-    SSL_CTX *ctx = server_backend_ctx(s->server, backend);
-    SSL *ssl =
-        ctx ? tls_client_new(ctx, backend->tls_name ? backend->tls_name : s->endpoint->host) : NULL;
-    if (!ssl) {
-        fail_with_reply(s, "cannot create backend TLS session");
-        return;
-    }
-    conn_start_tls(&s->backend, ssl);
-    s->backend_hs_wait = EV_WRITE;
-    session_enter(s, SESSION_BACKEND_HANDSHAKE);
-}
-
-/* The PROXY header is the first thing on a backend connection that wants
- * one, before a STARTTLS backend's greeting, a TLS handshake or a relayed
- * ClientHello: it names the client and the address the client reached,
- * and in v2 the SNI and, when sallyport terminated TLS, the negotiated ALPN
- * protocol, TLS version and cipher. The connection is fresh, so its empty
- * send buffer takes the whole header in one write. Returns false (and
- * fails the session) if it could not be sent. */
-static bool send_proxy_header(struct session *s)
-{
-    enum proxy_version version = s->target->proxy_protocol;
-    if (version == PROXY_NONE)
-        return true;
-    union sock_any local = s->local;
-    socklen_t len = sizeof local;
-    if (!s->has_local && getsockname(s->client.fd, &local.sa, &len) < 0)
-        local.sa.sa_family = AF_UNSPEC; /* sent as UNKNOWN / UNSPEC */
-    uint8_t header[PROXY_HEADER_MAX];
-    size_t n;
-    if (version == PROXY_V1) {
-        n = proxy_header_v1(&s->peer.sa, &local.sa, (char *)header, sizeof header);
-    } else {
-        char alpn[256] = "";
-        struct proxy_tlvs tlvs = {.authority = s->has_sni ? s->sni : NULL};
-        if (client_in_tls(s)) {
-            const unsigned char *selected = NULL;
-            unsigned selected_len = 0;
-            SSL_get0_alpn_selected(s->client.ssl, &selected, &selected_len);
-            if (selected_len > 0 && selected_len < sizeof alpn) {
-                memcpy(alpn, selected, selected_len);
-                alpn[selected_len] = '\0';
-                tlvs.alpn = alpn;
-            }
-            tlvs.ssl = true;
-            tlvs.ssl_version = SSL_get_version(s->client.ssl);
-            tlvs.ssl_cipher = SSL_get_cipher_name(s->client.ssl);
-        }
-        n = proxy_header_v2(&s->peer.sa, &local.sa, &tlvs, header, sizeof header);
-    }
-    if (n == 0 || send(s->backend.fd, header, n, MSG_NOSIGNAL) != (ssize_t)n) {
-        backend_failed(s, "cannot send the PROXY header to the backend");
-        return false;
-    }
-    return true;
-}
-
-/* The connect finished: take the path the listener/backend pair calls for. */
-static void on_connected(struct session *s)
-{
-    int err = sock_connect_result(s->backend.fd);
-    if (err) {
-        char why[160];
-        snprintf(why, sizeof why, "backend connect failed: %s", strerror(err));
-        backend_failed(s, why);
-        return;
-    }
-    if (!send_proxy_header(s))
-        return;
-    enum tls_flavour flavour = s->endpoint->tls;
-    if (s->mode == MODE_PASSTHROUGH && s->client.ssl) {
-        /* Never: what sallyport decrypted must not pass for the client's TLS. */
-        fail_with_reply(s, "internal error: passthrough of a terminated session");
-        return;
-    }
-    if (s->mode == MODE_PASSTHROUGH) {
-        /* Config validation guarantees implicit->implicit, starttls->starttls. */
-        if (flavour == TLS_STARTTLS)
-            start_prelude(s, BACKEND_STARTTLS);
-        else
-            start_relay(s);
-        return;
-    }
-    switch (flavour) {
-    case TLS_PLAIN:
-        start_prelude(s, BACKEND_GREETING_ONLY);
-        break;
-    case TLS_IMPLICIT:
-        start_backend_tls(s);
-        break;
-    case TLS_STARTTLS:
-        start_prelude(s, BACKEND_STARTTLS);
-        break;
-    }
-}
-
-/* The prelude is over: anything the backend sent beyond what was asked is
- * response injection. Returns false (and fails the session) if so. */
-static bool backend_said_nothing_more(struct session *s)
-{
-    if (buf_slot_len(s->down) == s->prelude_seen)
-        return true;
-    backend_failed(s, "response injection: backend sent bytes after its go-ahead");
-    return false;
-}
-
-/* One line from the backend (its '\n' included in line_len). */
-static void on_prelude_line(struct session *s, const char *line, size_t line_len)
-{
-    size_t n = line_len - 1;
-    if (n > 0 && line[n - 1] == '\r')
-        n--;
-    if (!held(s, &s->prelude))
-        return;
-    enum backend_step step = s->dialogue->on_backend_line(&s->db, line, n, s->prelude);
-    switch (step) {
-    case BACKEND_NEED_MORE:
-        return;
-    case BACKEND_FAILED:
-        backend_failed(s, s->db.reason);
-        return;
-    case BACKEND_GREETED:
-        if (!backend_said_nothing_more(s))
-            return;
-        if (s->db.mode == BACKEND_IDENTIFY) {
-            greet_after_backend_starttls(s);
-            return;
-        }
-        /* A client greeted by us must not see a second greeting, unless
-         * the protocol greets again after STARTTLS (ManageSieve). */
-        if (s->client_greeted && !s->dialogue->greets_after_starttls)
-            buf_consume(s->down, s->prelude_seen);
-        start_relay(s);
-        return;
-    case BACKEND_TLS_READY:
-        if (!backend_said_nothing_more(s))
-            return;
-        s->down->len = 0;
-        if (s->mode == MODE_PASSTHROUGH)
-            start_relay(s);
-        else
-            start_backend_tls(s);
-        return;
-    }
-}
-
-static void on_prelude_io(struct session *s, int revents)
-{
-    if (buf_slot_len(s->prelude) > 0) {
-        ssize_t n = conn_write(&s->backend, s->prelude->data, s->prelude->len);
-        if (n > 0)
-            buf_consume(s->prelude, (size_t)n);
-        else if (n != CONN_WANT_WRITE && n != CONN_WANT_READ) {
-            backend_failed(s, "backend closed during the prelude");
-            return;
-        }
-    }
-    if (!(revents & EV_READ) && !conn_pending(&s->backend))
-        return;
-    /* TLS may hold more records than one read returns (read-ahead): no
-     * socket event would announce them, so read on while it does. */
-    while (read_prelude(s) && s->state == SESSION_PRELUDE && conn_pending(&s->backend))
-        ;
-}
-
-/* Reads once from the backend and feeds every complete line to the
- * prelude dialogue. Returns whether bytes arrived. */
-static bool read_prelude(struct session *s)
-{
-    struct buf *down = held(s, &s->down);
-    if (!down)
-        return false;
-    ssize_t n = conn_read(&s->backend, down->data + down->len, buf_space(down));
-    if (n == CONN_WANT_READ || n == CONN_WANT_WRITE)
-        return false;
-    if (n <= 0) {
-        backend_failed(s, "backend closed during the prelude");
-        return false;
-    }
-    down->len += (size_t)n;
-    /* Feed complete lines, bounded by the dialogue's line limit. */
-    while (s->state == SESSION_PRELUDE && s->prelude_seen < down->len) {
-        const uint8_t *start = down->data + s->prelude_seen;
-        size_t avail = down->len - s->prelude_seen;
-        const uint8_t *nl = memchr(start, '\n', avail);
-        if (!nl) {
-            if (avail > DIALOGUE_LINE_MAX)
-                backend_failed(s, "backend line too long in the prelude");
-            return true;
-        }
-        size_t len = (size_t)(nl - start) + 1;
-        if (len > DIALOGUE_LINE_MAX) {
-            backend_failed(s, "backend line too long in the prelude");
-            return true;
-        }
-        /* The client gets the greeting of a GREETING_ONLY backend; any
-         * other line (the STARTTLS dance, naming the client) is taken out
-         * of the buffer before it is parsed, which then holds only what
-         * is forwarded and what is not parsed yet. */
-        if (s->db.mode == BACKEND_GREETING_ONLY && !s->db.greeted) {
-            s->prelude_seen += len;
-            on_prelude_line(s, (const char *)start, len);
-        } else {
-            char line[DIALOGUE_LINE_MAX];
-            memcpy(line, start, len);
-            memmove(down->data + s->prelude_seen, down->data + s->prelude_seen + len,
-                    down->len - s->prelude_seen - len);
-            down->len -= len;
-            on_prelude_line(s, line, len);
-        }
-    }
-    return true;
-}
-
-static void on_backend_handshake_io(struct session *s)
-{
-    int r = conn_handshake(&s->backend);
-    if (r == CONN_WANT_READ || r == CONN_WANT_WRITE) {
-        s->backend_hs_wait = r == CONN_WANT_READ ? EV_READ : EV_WRITE;
-        return;
-    }
-    if (r != CONN_DONE) {
-        char why[200];
-        long verify = SSL_get_verify_result(s->backend.ssl);
-        if (verify != X509_V_OK)
-            snprintf(why, sizeof why, "backend certificate rejected: %s",
-                     X509_verify_cert_error_string(verify));
-        else
-            snprintf(why, sizeof why, "backend TLS handshake failed: %s", conn_error());
-        backend_failed(s, why);
-        return;
-    }
-    if (s->endpoint->tls == TLS_IMPLICIT) {
-        start_prelude(s, BACKEND_GREETING_ONLY); /* its greeting comes inside TLS */
-        on_prelude_io(s, EV_READ);               /* it may already be decrypted */
-        return;
-    }
-    if (s->target->xclient) {
-        start_prelude(s, BACKEND_IDENTIFY); /* name the client inside TLS first */
-        return;
-    }
-    greet_after_backend_starttls(s);
-}
-
-/* STARTTLS backend, TLS up (and the client named): its greeting went to
- * the dance, so a client not yet greeted gets one from sallyport. A
- * protocol that greets after STARTTLS gets that from the backend itself. */
-static void greet_after_backend_starttls(struct session *s)
-{
-    if (!s->client_greeted && !s->dialogue->greets_after_starttls) {
-        if (!held(s, &s->down))
-            return;
-        s->dialogue->fresh_greeting(s->listener->hostname, s->down);
-    }
-    start_relay(s);
+    backend_connect(s);
 }
 
 /* ---- relay ---------------------------------------------------------------- */
 
-static void start_relay(struct session *s)
+void session_start_relay(struct session *s)
 {
     health_served(s->server->health, HEALTH_SESSION, s->target, s->listener->service,
                   s->target_addr, ev_now(s->worker->loop));
@@ -1023,7 +541,7 @@ static void start_relay(struct session *s)
                session_pipes(s));
     s->relay_started = true;
     session_enter(s, SESSION_RELAY);
-    arm_timer(s, s->server->config->global.idle_timeout);
+    session_arm_timer(s, s->server->config->global.idle_timeout);
     on_relay_io(s, 0, 0); /* bytes buffered before the relay go out now */
 }
 
@@ -1056,7 +574,7 @@ static void begin_lingering(struct session *s)
     conn_shutdown_write(&s->client);
     s->lingered_bytes = 0;
     session_enter(s, SESSION_LINGERING);
-    arm_timer(s, LINGER_TIMEOUT);
+    session_arm_timer(s, LINGER_TIMEOUT);
 }
 
 static void on_draining_io(struct session *s)
@@ -1107,13 +625,13 @@ static void session_advance(struct session *s, int client_revents, int backend_r
         break;
     case SESSION_CONNECTING:
         if (backend_revents)
-            on_connected(s);
+            backend_on_connected(s);
         break;
     case SESSION_PRELUDE:
-        on_prelude_io(s, backend_revents);
+        backend_on_prelude_io(s, backend_revents);
         break;
     case SESSION_BACKEND_HANDSHAKE:
-        on_backend_handshake_io(s);
+        backend_on_handshake_io(s);
         break;
     case SESSION_RELAY:
         on_relay_io(s, client_revents, backend_revents);
@@ -1291,15 +809,15 @@ static void session_begin(struct session *s, bool first)
     const struct cfg_global *global = &s->server->config->global;
     if (s->service->tls == TLS_STARTTLS) {
         dialogue_server_init(&s->ds, s->listener->hostname, global->max_errors);
-        if (!held(s, &s->down))
+        if (!session_held(s, &s->down))
             return;
         s->dialogue->greet(&s->ds, s->down);
         s->client_greeted = true;
         enter(s, SESSION_CLEARTEXT, first);
-        arm_timer(s, global->plaintext_timeout);
+        session_arm_timer(s, global->plaintext_timeout);
     } else {
         enter(s, SESSION_CLIENTHELLO, first);
-        arm_timer(s, global->handshake_timeout);
+        session_arm_timer(s, global->handshake_timeout);
     }
 }
 
@@ -1352,7 +870,7 @@ static ssize_t read_proxy_header(int fd, struct buf *head)
  * see that address. */
 static void on_proxy_header_io(struct session *s)
 {
-    struct buf *head = held(s, &s->up);
+    struct buf *head = session_held(s, &s->up);
     if (!head)
         return;
     struct proxy_header header;
@@ -1395,7 +913,7 @@ static void on_proxy_header_io(struct session *s)
         return;
     }
     s->client_slot = -1;
-    if (s->service->tls != TLS_STARTTLS || !held(s, &s->down)) {
+    if (s->service->tls != TLS_STARTTLS || !session_held(s, &s->down)) {
         session_close(s, LOG_LEVEL_WARN, "%s", refusal_reason(verdict));
         return;
     }
@@ -1403,7 +921,7 @@ static void on_proxy_header_io(struct session *s)
     snprintf(s->close_reason, sizeof s->close_reason, "%s", refusal_reason(verdict));
     s->close_level = LOG_LEVEL_WARN;
     session_enter(s, SESSION_DRAINING);
-    arm_timer(s, DRAIN_TIMEOUT);
+    session_arm_timer(s, DRAIN_TIMEOUT);
 }
 
 void session_start(struct listener *listener, int fd, const struct sockaddr *peer)
@@ -1465,7 +983,7 @@ void session_start(struct listener *listener, int fd, const struct sockaddr *pee
 
     if (cfg->proxy_protocol) {
         s->state = SESSION_PROXY_HEADER; /* the initial state: nothing to log */
-        arm_timer(s, server->config->global.handshake_timeout);
+        session_arm_timer(s, server->config->global.handshake_timeout);
     } else {
         session_begin(s, true);
     }
