@@ -99,6 +99,9 @@ static void finish_listener(struct config_loader *ld, struct config_record *rec)
             }
         }
     }
+    if (!l->idle_timeout)
+        l->idle_timeout = cfg->global.idle_timeout ? cfg->global.idle_timeout
+                                                   : service_info(l->service)->idle_timeout;
     if (l->proxy_protocol && l->nproxy_trusted == 0)
         config_report(ld, config_key_line(rec, "proxy_protocol"), "proxy_protocol",
                       "proxy_protocol = yes needs proxy_trusted: the addresses of the load "
@@ -412,7 +415,6 @@ struct config *config_load(const char *path, FILE *errors, int *nerrors)
         .plaintext_timeout = 60,
         .handshake_timeout = 30,
         .connect_timeout = 10,
-        .idle_timeout = 600,
         .max_errors = 10,
         .max_connections = 1024,
         .max_client_connections = 32,

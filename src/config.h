@@ -45,7 +45,7 @@ struct cfg_global {
     unsigned plaintext_timeout;      /* seconds, default 60: cleartext phase */
     unsigned handshake_timeout;      /* seconds, default 30: each TLS handshake */
     unsigned connect_timeout;        /* seconds, default 10: backend connect + prelude */
-    unsigned idle_timeout;           /* seconds, default 600: relay with no bytes either way */
+    unsigned idle_timeout;           /* seconds; 0 = each service's default (service.c) */
     unsigned max_errors;             /* default 10: bad commands before "421" */
     unsigned max_connections;        /* default 1024: concurrent client sessions */
     unsigned max_client_connections; /* default 32: concurrent sessions per client address */
@@ -80,6 +80,10 @@ struct cfg_listener {
     bool proxy_protocol;
     struct client_prefix proxy_trusted[CONFIG_MAX_PREFIXES];
     size_t nproxy_trusted;
+    /* idle_timeout = (global idle_timeout, else the service's default):
+     * seconds a relayed session may pass no bytes either way. Resolved at
+     * load time, never 0. */
+    unsigned idle_timeout;
 };
 
 /* Addresses kept per endpoint: a host name with several is tried in turn. */

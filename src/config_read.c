@@ -164,6 +164,7 @@ static const struct key_def keys[] = {
     {K_LISTENER, "hostname", key_hostname, OFF(cfg_listener, hostname), 0},
     {K_LISTENER, "proxy_protocol", key_bool, OFF(cfg_listener, proxy_protocol), 0},
     {K_LISTENER, "proxy_trusted", key_proxy_trusted, 0, KEY_LIST},
+    {K_LISTENER, "idle_timeout", key_duration, OFF(cfg_listener, idle_timeout), 0},
     {K_BACKEND, "host", key_host, 0, KEY_CORE},
     {K_BACKEND, "ca", key_readable, OFF(cfg_backend, ca), 0},
     {K_BACKEND, "verify", key_bool, OFF(cfg_backend, verify), 0},

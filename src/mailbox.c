@@ -62,7 +62,9 @@ void mailbox_enter(struct mailbox_session *s, enum mailbox_state next)
     else if (next == MAILBOX_CLOSING)
         s->timer.repeat = CLOSE_GRACE;
     else if (old == MAILBOX_HANDSHAKE || old == MAILBOX_ACCEPTED)
-        s->timer.repeat = s->mb->global->idle_timeout;
+        s->timer.repeat = s->mb->global->idle_timeout
+                              ? s->mb->global->idle_timeout
+                              : service_info(SERVICE_SUBMISSION)->idle_timeout; /* SMTP's */
     else
         return;
     ev_timer_again(s->mb->loop, &s->timer);

@@ -65,9 +65,9 @@ static void log_sockets(const struct config *config)
     }
     for (size_t i = 0; i < config->nlisteners; i++) {
         const struct cfg_listener *l = &config->listeners[i];
-        log_info("listener %s: accepting on %s (%s, %s)", l->name, l->address,
+        log_info("listener %s: accepting on %s (%s, %s, idle timeout %us)", l->name, l->address,
                  service_info(l->service)->name,
-                 l->mode == MODE_TERMINATE ? "terminate" : "passthrough");
+                 l->mode == MODE_TERMINATE ? "terminate" : "passthrough", l->idle_timeout);
     }
 }
 

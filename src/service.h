@@ -29,6 +29,9 @@ struct service_info {
     enum proto proto;
     enum tls_flavour tls; /* the flavour clients expect on this service */
     uint16_t port;        /* the standard port */
+    /* Seconds a relayed session may be silent both ways, unless configured
+     * (idle_timeout): what the protocol's RFC lets a client expect. */
+    unsigned idle_timeout;
 };
 
 const struct service_info *service_info(enum service service);

@@ -541,7 +541,7 @@ void session_start_relay(struct session *s)
                session_pipes(s));
     s->relay_started = true;
     session_enter(s, SESSION_RELAY);
-    session_arm_timer(s, s->server->config->global.idle_timeout);
+    session_arm_timer(s, s->listener->idle_timeout);
     on_relay_io(s, 0, 0); /* bytes buffered before the relay go out now */
 }
 
@@ -958,6 +958,7 @@ void session_start(struct listener *listener, int fd, const struct sockaddr *pee
         return;
     }
     sock_set_nodelay(fd);
+    sock_set_keepalive(fd);
     s->client_slot = slot;
     s->worker = worker;
     s->server = server;

@@ -210,12 +210,23 @@ void sock_set_nodelay(int fd)
     (void)setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
 }
 
+void sock_set_keepalive(int fd)
+{
+    int on = 1, idle = SOCK_KEEPALIVE_IDLE, interval = SOCK_KEEPALIVE_INTERVAL,
+        count = SOCK_KEEPALIVE_COUNT;
+    (void)setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &on, sizeof on);
+    (void)setsockopt(fd, IPPROTO_TCP, TCP_KEEPIDLE, &idle, sizeof idle);
+    (void)setsockopt(fd, IPPROTO_TCP, TCP_KEEPINTVL, &interval, sizeof interval);
+    (void)setsockopt(fd, IPPROTO_TCP, TCP_KEEPCNT, &count, sizeof count);
+}
+
 int sock_connect(const struct sock_addr *addr)
 {
     int fd = socket(addr->ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd < 0)
         return -1;
     sock_set_nodelay(fd);
+    sock_set_keepalive(fd);
     if (connect(fd, (const struct sockaddr *)&addr->ss, addr->len) < 0 && errno != EINPROGRESS) {
         int saved = errno;
         close(fd);

@@ -25,8 +25,13 @@ SYS_PIDFD_GETFD = 438  # the same number on every Linux architecture
 libc = ctypes.CDLL(None, use_errno=True)
 
 
-def daemon_sockets(pid):
-    """Connected TCP sockets of process `pid` as {(local port, peer port): nodelay}."""
+def nodelay(s):
+    return s.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+
+
+def daemon_sockets(pid, read=nodelay):
+    """Connected TCP sockets of process `pid` as {(local port, peer port):
+    read(socket)}: TCP_NODELAY unless `read` says otherwise."""
     pidfd = os.pidfd_open(pid)
     found = {}
     try:
@@ -45,7 +50,7 @@ def daemon_sockets(pid):
                     local, peer = s.getsockname()[1], s.getpeername()[1]
                 except OSError:
                     continue  # a listening socket
-                found[(local, peer)] = s.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+                found[(local, peer)] = read(s)
     finally:
         os.close(pidfd)
     return found

@@ -217,7 +217,7 @@ static void test_global_defaults(void **state)
     assert_int_equal(g->plaintext_timeout, 60);
     assert_int_equal(g->handshake_timeout, 30);
     assert_int_equal(g->connect_timeout, 10);
-    assert_int_equal(g->idle_timeout, 600);
+    assert_int_equal(g->idle_timeout, 0); /* each service's own (below) */
     assert_int_equal(g->max_errors, 10);
     assert_int_equal(g->max_connections, 1024);
     assert_int_equal(g->workers, 1); /* one event loop unless asked */
@@ -690,6 +690,29 @@ static void test_route_backends(void **state)
                   1);
 }
 
+static void test_idle_timeouts(void **state)
+{
+    (void)state;
+    /* Unset: each service's own (IMAP 31 minutes, SMTP 10). */
+    struct result r = load(CERT "[listener imaps]\n[listener submissions]\n"
+                                "[listener pop3]\nidle_timeout = 5s\n"
+                                "[backend mx1]\nhost = 10.0.0.5\n[route r]\nsni = *\n"
+                                "backend = mx1\n");
+    assert_string_equal(r.errors, "");
+    assert_int_equal(r.cfg->listeners[0].idle_timeout, 31 * 60);
+    assert_int_equal(r.cfg->listeners[1].idle_timeout, 600);
+    assert_int_equal(r.cfg->listeners[2].idle_timeout, 5); /* its own */
+    done(&r);
+    /* [global] idle_timeout applies to every listener without its own. */
+    r = load("[global]\nidle_timeout = 2m\n" CERT "[listener imaps]\n"
+             "[listener submissions]\nidle_timeout = 1h\n"
+             "[backend mx1]\nhost = 10.0.0.5\n[route r]\nsni = *\nbackend = mx1\n");
+    assert_string_equal(r.errors, "");
+    assert_int_equal(r.cfg->listeners[0].idle_timeout, 120);
+    assert_int_equal(r.cfg->listeners[1].idle_timeout, 3600);
+    done(&r);
+}
+
 static void test_key_outside_section(void **state)
 {
     (void)state;
@@ -1113,7 +1136,7 @@ static void test_many_errors(void **state)
                   "cfg:2: idle_timeout: bad duration 'soon' (expected a positive number of "
                   "seconds, or a number with s, m or h: 30s, 5m, 1h)\n"
                   "cfg:5: colour: unknown key in [listener submissions] (expected service, "
-                  "address, mode, hostname, proxy_protocol or proxy_trusted)\n"
+                  "address, mode, hostname, proxy_protocol, proxy_trusted or idle_timeout)\n"
                   "cfg:13: backend: listener 'submissions' passes TLS through, so backend 'mx1' "
                   "must speak implicit TLS for submissions, but 127.0.0.1:2525 is plain (the "
                   "client would wait for a TLS handshake that never comes)\n"
@@ -1241,6 +1264,7 @@ int main(void)
         cmocka_unit_test(test_backend_xclient),
         cmocka_unit_test(test_route_mode),
         cmocka_unit_test(test_route_backends),
+        cmocka_unit_test(test_idle_timeouts),
         cmocka_unit_test(test_backend_overrides),
         cmocka_unit_test(test_backend_ipv6_host),
         cmocka_unit_test(test_mailbox_as_backend),
