@@ -415,6 +415,7 @@ struct config *config_load(const char *path, FILE *errors, int *nerrors)
         .plaintext_timeout = 60,
         .handshake_timeout = 30,
         .connect_timeout = 10,
+        .shutdown_timeout = 30,
         .max_errors = 10,
         .max_connections = 1024,
         .max_client_connections = 32,

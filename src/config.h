@@ -46,6 +46,7 @@ struct cfg_global {
     unsigned handshake_timeout;      /* seconds, default 30: each TLS handshake */
     unsigned connect_timeout;        /* seconds, default 10: backend connect + prelude */
     unsigned idle_timeout;           /* seconds; 0 = each service's default (service.c) */
+    unsigned shutdown_timeout;       /* seconds, default 30: sessions may finish after SIGTERM */
     unsigned max_errors;             /* default 10: bad commands before "421" */
     unsigned max_connections;        /* default 1024: concurrent client sessions */
     unsigned max_client_connections; /* default 32: concurrent sessions per client address */

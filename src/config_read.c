@@ -150,6 +150,7 @@ static const struct key_def keys[] = {
     {K_GLOBAL, "handshake_timeout", key_duration, OFF(cfg_global, handshake_timeout), 0},
     {K_GLOBAL, "connect_timeout", key_duration, OFF(cfg_global, connect_timeout), 0},
     {K_GLOBAL, "idle_timeout", key_duration, OFF(cfg_global, idle_timeout), 0},
+    {K_GLOBAL, "shutdown_timeout", key_duration, OFF(cfg_global, shutdown_timeout), 0},
     {K_GLOBAL, "max_errors", key_count, OFF(cfg_global, max_errors), 0},
     {K_GLOBAL, "max_connections", key_count, OFF(cfg_global, max_connections), 0},
     {K_GLOBAL, "max_client_connections", key_limit, OFF(cfg_global, max_client_connections), 0},

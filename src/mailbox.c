@@ -435,6 +435,11 @@ fail:
     return NULL;
 }
 
+size_t mailbox_session_count(const struct mailbox *mb)
+{
+    return mb ? mb->nsessions : 0;
+}
+
 void mailbox_stop(struct mailbox *mb)
 {
     if (!mb)

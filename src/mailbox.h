@@ -25,6 +25,9 @@ struct mailbox *mailbox_start(struct ev_loop *loop, const struct cfg_mailbox *cf
                               const struct cfg_global *global, struct buf_pool *bufs, bool shared,
                               atomic_uint *open, char *err, size_t errlen);
 
+/* Sessions this mailbox has open (on its worker). */
+size_t mailbox_session_count(const struct mailbox *mailbox);
+
 /* Stops accepting, closes every session, frees everything. */
 void mailbox_stop(struct mailbox *mailbox);
 

@@ -25,11 +25,52 @@ static void usage(FILE *out)
                  "  -V       print the version and exit\n");
 }
 
+/* A graceful stop's clock: shutdown_timeout, then the goodbyes, then at
+ * most this long for the last replies to be flushed (their own drain and
+ * linger timers are shorter) before the loop ends regardless. */
+#define GOODBYE_GRACE 10.0
+
+struct stopping {
+    struct server *server;
+    ev_timer timer;
+    int phase; /* 0 running, 1 draining, 2 goodbyes said */
+};
+
+static void on_stop_timer(struct ev_loop *loop, ev_timer *t, int revents)
+{
+    (void)revents;
+    struct stopping *st = t->data;
+    if (st->phase == 1) {
+        log_info("shutdown_timeout reached: ending the sessions still open");
+        st->phase = 2;
+        server_end_sessions(st->server);
+        ev_timer_set(t, GOODBYE_GRACE, 0.);
+        ev_timer_start(loop, t);
+        return;
+    }
+    ev_break(loop, EVBREAK_ALL);
+}
+
+/* SIGTERM or SIGINT: the first drains (no new connections, sessions may
+ * finish for shutdown_timeout), a second one stops at once. */
 static void on_stop_signal(struct ev_loop *loop, ev_signal *w, int revents)
 {
     (void)revents;
-    log_info("received signal %d, shutting down", w->signum);
-    ev_break(loop, EVBREAK_ALL);
+    struct stopping *st = w->data;
+    if (st->phase > 0) {
+        log_info("received signal %d again: stopping now", w->signum);
+        ev_break(loop, EVBREAK_ALL);
+        return;
+    }
+    unsigned timeout = st->server->config->global.shutdown_timeout;
+    log_info("received signal %d: no new connections; open sessions may finish within %us "
+             "(signal again to stop at once)",
+             w->signum, timeout);
+    st->phase = 1;
+    ev_timer_init(&st->timer, on_stop_timer, timeout, 0.);
+    st->timer.data = st;
+    ev_timer_start(loop, &st->timer);
+    server_drain(st->server);
 }
 
 /* Drops root for `user` once sockets are bound and keys are read. */
@@ -118,14 +159,18 @@ int main(int argc, char **argv)
         return 1;
     }
     struct ev_loop *loop = EV_DEFAULT; /* worker 0's loop takes the signals */
+    struct stopping stopping = {.server = &server};
+    ev_init(&stopping.timer, on_stop_timer);
     ev_signal sigterm, sigint;
     ev_signal_init(&sigterm, on_stop_signal, SIGTERM);
     ev_signal_init(&sigint, on_stop_signal, SIGINT);
+    sigterm.data = sigint.data = &stopping;
     ev_signal_start(loop, &sigterm);
     ev_signal_start(loop, &sigint);
 
     int rc = server_run(&server) < 0 ? 1 : 0;
 
+    ev_timer_stop(loop, &stopping.timer);
     ev_signal_stop(loop, &sigterm);
     ev_signal_stop(loop, &sigint);
     server_stop(&server);

@@ -78,6 +78,9 @@ int server_start(struct server *server, struct config *config)
     pthread_mutex_init(&server->clients_lock, NULL);
     atomic_init(&server->nsessions, 0);
     atomic_init(&server->running, false);
+    atomic_init(&server->draining, false);
+    atomic_init(&server->ending, false);
+    atomic_init(&server->drained, 0);
     if (load_tls(server, config) < 0) {
         log_error("cannot set up TLS");
         return -1;
@@ -134,6 +137,20 @@ int server_run(struct server *server)
     for (unsigned i = 1; i < started; i++)
         worker_join(&server->workers[i]);
     return 0;
+}
+
+void server_drain(struct server *server)
+{
+    atomic_store(&server->draining, true);
+    for (unsigned i = 0; i < server->nworkers; i++)
+        worker_wake(&server->workers[i]);
+}
+
+void server_end_sessions(struct server *server)
+{
+    atomic_store(&server->ending, true);
+    for (unsigned i = 0; i < server->nworkers; i++)
+        worker_wake(&server->workers[i]);
 }
 
 void server_stop(struct server *server)

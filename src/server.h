@@ -30,6 +30,12 @@ struct server {
     atomic_uint nsessions;         /* client sessions open or reserved, all workers */
     atomic_uint *mailbox_sessions; /* per config->mailboxes[i], all workers */
     atomic_bool running;           /* workers run their loops: they may be woken */
+    /* A graceful stop (SIGTERM): `draining` closes every listener and lets
+     * sessions finish; `ending` (after shutdown_timeout) ends the rest with
+     * the protocol's goodbye where one can be said. */
+    atomic_bool draining;
+    atomic_bool ending;
+    atomic_uint drained; /* threaded workers whose sessions are all gone */
 };
 
 /* Loads TLS contexts (taking ownership of the config's certificate
@@ -42,6 +48,12 @@ int server_start(struct server *server, struct config *config);
  * is broken (a stop signal), then stops and joins the other workers.
  * Returns 0, or -1 (logged) when a worker's thread could not start. */
 int server_run(struct server *server);
+
+/* From worker 0's loop (the signal handler): stop accepting everywhere and
+ * let sessions finish; worker 0's loop returns once every worker is idle.
+ * server_end_sessions() then says goodbye to those still open. */
+void server_drain(struct server *server);
+void server_end_sessions(struct server *server);
 
 /* Ends every session, closes every socket, frees everything server_start()
  * made. The workers' loops must not be running. */

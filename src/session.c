@@ -261,6 +261,32 @@ void session_abort(struct session *s, const char *reason)
     session_update(s);
 }
 
+void session_goodbye(struct session *s)
+{
+    switch (s->state) {
+    case SESSION_DRAINING:
+    case SESSION_LINGERING:
+    case SESSION_CLOSED:
+        return; /* leaving already */
+    case SESSION_CLEARTEXT:
+    case SESSION_CONNECTING:
+    case SESSION_PRELUDE:
+    case SESSION_BACKEND_HANDSHAKE:
+        /* A reply where the client can take one, else a plain close. */
+        session_fail_with_reply(s, "shutting down");
+        break;
+    default:
+        session_close(s, LOG_LEVEL_INFO, "shutting down");
+        break;
+    }
+    session_update(s);
+}
+
+struct session *session_next(const struct session *s)
+{
+    return s->next;
+}
+
 /* ---- writing to the client ------------------------------------------------ */
 
 /* Writes queued replies to the client. Returns false if the session closed. */

@@ -17,6 +17,16 @@ void session_start(struct listener *listener, int fd, const struct sockaddr *pee
 /* Closes a session at once (server shutdown), logging `reason`. */
 void session_abort(struct session *s, const char *reason);
 
+/* Graceful stop: a session still open after shutdown_timeout ends. Where
+ * sallyport speaks the protocol to the client itself (the cleartext
+ * dialogue, or before the relay of a TLS session it terminated), the client
+ * gets the protocol's "try later" (421, * BYE, -ERR, BYE) first; a relayed
+ * session is closed, as sallyport cannot know where the stream is. */
+void session_goodbye(struct session *s);
+
+/* The next session of the worker's list (safe to take before a goodbye). */
+struct session *session_next(const struct session *s);
+
 /* The ALPN check handed to the TLS store: a client that offers ALPN must
  * offer the listener's protocol (tls_alpn_check). */
 int session_check_alpn(void *session, const unsigned char *list, unsigned len);

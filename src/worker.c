@@ -26,13 +26,77 @@ unsigned worker_count_auto(void)
     return n < 1 ? 1 : n < WORKERS_MAX ? (unsigned)n : WORKERS_MAX;
 }
 
-/* Another thread woke the worker: leave the loop, or accept again. */
+/* While draining: once this worker has no session left (its mailboxes'
+ * included), a threaded worker leaves its loop; worker 0 leaves when every
+ * threaded worker has. Checked on a short timer rather than on every close. */
+static void on_drain_check(struct ev_loop *loop, ev_timer *t, int revents)
+{
+    (void)revents;
+    struct worker *w = t->data;
+    size_t open = w->nsessions;
+    for (size_t i = 0; i < w->nmailboxes; i++)
+        open += mailbox_session_count(w->mailboxes[i]);
+    if (open > 0)
+        return;
+    struct server *server = w->server;
+    if (w->threaded || w->id != 0) {
+        ev_timer_stop(loop, t);
+        atomic_fetch_add(&server->drained, 1);
+        worker_wake(&server->workers[0]);
+        ev_break(loop, EVBREAK_ALL);
+    } else if (atomic_load(&server->drained) + 1 >= server->nworkers) {
+        ev_timer_stop(loop, t);
+        ev_break(loop, EVBREAK_ALL);
+    }
+}
+
+/* Graceful stop, first step: no new connections here (the listening
+ * sockets close, so clients are refused rather than left in a queue);
+ * sessions go on. The mailboxes keep accepting: sallyport's own sessions
+ * may still connect to them. */
+static void worker_drain(struct worker *w)
+{
+    if (w->drain_started)
+        return;
+    w->drain_started = true;
+    for (size_t i = 0; i < w->nlisteners; i++)
+        listener_close(&w->listeners[i]);
+    ev_timer_init(&w->drain_check, on_drain_check, 0., 0.1);
+    w->drain_check.data = w;
+    ev_timer_again(w->loop, &w->drain_check);
+}
+
+/* Graceful stop, second step: every session still open says the
+ * protocol's goodbye where it can (session_goodbye()). */
+static void worker_end(struct worker *w)
+{
+    if (w->ended)
+        return;
+    w->ended = true;
+    struct session *s = w->sessions;
+    while (s) {
+        struct session *next = session_next(s);
+        session_goodbye(s);
+        s = next;
+    }
+}
+
+/* Another thread woke the worker: leave the loop, accept again, or stop
+ * gracefully. */
 static void on_wake(struct ev_loop *loop, ev_async *a, int revents)
 {
     (void)revents;
     struct worker *w = a->data;
     if (atomic_load(&w->stopping)) {
         ev_break(loop, EVBREAK_ALL);
+        return;
+    }
+    if (atomic_load(&w->server->draining))
+        worker_drain(w);
+    if (atomic_load(&w->server->ending))
+        worker_end(w);
+    if (w->drain_started) {
+        on_drain_check(loop, &w->drain_check, 0); /* worker 0: maybe all are done now */
         return;
     }
     worker_resume_at_limit(w);
@@ -156,6 +220,8 @@ void worker_free(struct worker *w)
 {
     if (!w->server)
         return;
+    if (w->loop)
+        ev_timer_stop(w->loop, &w->drain_check);
     for (size_t i = 0; i < w->nlisteners; i++)
         listener_close(&w->listeners[i]);
     while (w->sessions)

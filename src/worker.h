@@ -36,6 +36,9 @@ struct worker {
     /* Its listeners wait for a free slot under max_connections; whoever
      * frees one wakes the worker (server_release_session()). */
     atomic_bool paused_at_limit;
+    bool drain_started;   /* listeners closed, sessions finishing (server->draining) */
+    bool ended;           /* goodbyes said (server->ending) */
+    ev_timer drain_check; /* while draining: is every session gone? */
 
     struct listener *listeners; /* one per config listener */
     size_t nlisteners;

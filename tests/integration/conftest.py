@@ -140,13 +140,19 @@ class Sallyport:
         return self.log()
 
     def stop(self):
+        """SIGTERM (a graceful stop: sessions may finish), and if sessions a
+        test left open hold it up, SIGTERM again (stop at once)."""
         if self.proc.poll() is None:
             self.proc.terminate()
             try:
-                self.proc.wait(timeout=10)
+                self.proc.wait(timeout=0.5)
             except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
+                self.proc.terminate()
+                try:
+                    self.proc.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    self.proc.kill()
+                    self.proc.wait(timeout=10)
         self._log.close()
         return self.proc.returncode
 
