@@ -440,6 +440,34 @@ size_t mailbox_session_count(const struct mailbox *mb)
     return mb ? mb->nsessions : 0;
 }
 
+void mailbox_goodbye(struct mailbox *mb)
+{
+    struct mailbox_session *s = mb ? mb->sessions : NULL;
+    while (s) {
+        struct mailbox_session *next = s->next;
+        switch (s->state) {
+        case MAILBOX_CLOSING:
+        case MAILBOX_CLOSED:
+            break;
+        case MAILBOX_ACCEPTED:
+        case MAILBOX_HANDSHAKE:
+        case MAILBOX_STARTTLS:
+        case MAILBOX_DATA:
+            mailbox_end(s, "shutting down");
+            break;
+        default: {
+            struct buf *out = mailbox_buf(s, &s->out);
+            if (out)
+                buf_append_str(out, "421 4.3.0 Shutting down\r\n");
+            mailbox_end_after_reply(s, "shutting down");
+            break;
+        }
+        }
+        session_settle(s, session_run(s));
+        s = next;
+    }
+}
+
 void mailbox_stop(struct mailbox *mb)
 {
     if (!mb)

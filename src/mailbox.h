@@ -28,6 +28,11 @@ struct mailbox *mailbox_start(struct ev_loop *loop, const struct cfg_mailbox *cf
 /* Sessions this mailbox has open (on its worker). */
 size_t mailbox_session_count(const struct mailbox *mailbox);
 
+/* Graceful stop, time over: every session ends, with "421 Shutting down"
+ * first where the client waits for a reply (not in the middle of a TLS
+ * handshake or of DATA: a message cut short never reaches new/). */
+void mailbox_goodbye(struct mailbox *mailbox);
+
 /* Stops accepting, closes every session, frees everything. */
 void mailbox_stop(struct mailbox *mailbox);
 

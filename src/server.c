@@ -80,7 +80,6 @@ int server_start(struct server *server, struct config *config)
     atomic_init(&server->running, false);
     atomic_init(&server->draining, false);
     atomic_init(&server->ending, false);
-    atomic_init(&server->drained, 0);
     if (load_tls(server, config) < 0) {
         log_error("cannot set up TLS");
         return -1;

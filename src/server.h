@@ -35,7 +35,6 @@ struct server {
      * the protocol's goodbye where one can be said. */
     atomic_bool draining;
     atomic_bool ending;
-    atomic_uint drained; /* threaded workers whose sessions are all gone */
 };
 
 /* Loads TLS contexts (taking ownership of the config's certificate

@@ -26,28 +26,22 @@ unsigned worker_count_auto(void)
     return n < 1 ? 1 : n < WORKERS_MAX ? (unsigned)n : WORKERS_MAX;
 }
 
-/* While draining: once this worker has no session left (its mailboxes'
- * included), a threaded worker leaves its loop; worker 0 leaves when every
- * threaded worker has. Checked on a short timer rather than on every close. */
+/* While draining, on worker 0: once no client session and no mailbox
+ * session is open in any worker (the shared counts), its loop ends and
+ * server_run() joins the others, which keep their loops (and their
+ * mailboxes' sockets) running until then. Checked on a short timer. */
 static void on_drain_check(struct ev_loop *loop, ev_timer *t, int revents)
 {
     (void)revents;
     struct worker *w = t->data;
-    size_t open = w->nsessions;
-    for (size_t i = 0; i < w->nmailboxes; i++)
-        open += mailbox_session_count(w->mailboxes[i]);
+    struct server *server = w->server;
+    unsigned open = atomic_load(&server->nsessions);
+    for (size_t i = 0; i < server->config->nmailboxes; i++)
+        open += atomic_load(&server->mailbox_sessions[i]);
     if (open > 0)
         return;
-    struct server *server = w->server;
-    if (w->threaded || w->id != 0) {
-        ev_timer_stop(loop, t);
-        atomic_fetch_add(&server->drained, 1);
-        worker_wake(&server->workers[0]);
-        ev_break(loop, EVBREAK_ALL);
-    } else if (atomic_load(&server->drained) + 1 >= server->nworkers) {
-        ev_timer_stop(loop, t);
-        ev_break(loop, EVBREAK_ALL);
-    }
+    ev_timer_stop(loop, t);
+    ev_break(loop, EVBREAK_ALL);
 }
 
 /* Graceful stop, first step: no new connections here (the listening
@@ -61,6 +55,8 @@ static void worker_drain(struct worker *w)
     w->drain_started = true;
     for (size_t i = 0; i < w->nlisteners; i++)
         listener_close(&w->listeners[i]);
+    if (w->id != 0)
+        return;
     ev_timer_init(&w->drain_check, on_drain_check, 0., 0.1);
     w->drain_check.data = w;
     ev_timer_again(w->loop, &w->drain_check);
@@ -79,6 +75,8 @@ static void worker_end(struct worker *w)
         session_goodbye(s);
         s = next;
     }
+    for (size_t i = 0; i < w->nmailboxes; i++)
+        mailbox_goodbye(w->mailboxes[i]);
 }
 
 /* Another thread woke the worker: leave the loop, accept again, or stop
@@ -95,11 +93,8 @@ static void on_wake(struct ev_loop *loop, ev_async *a, int revents)
         worker_drain(w);
     if (atomic_load(&w->server->ending))
         worker_end(w);
-    if (w->drain_started) {
-        on_drain_check(loop, &w->drain_check, 0); /* worker 0: maybe all are done now */
-        return;
-    }
-    worker_resume_at_limit(w);
+    if (!w->drain_started)
+        worker_resume_at_limit(w);
 }
 
 int worker_init(struct worker *w, struct server *server, unsigned id)

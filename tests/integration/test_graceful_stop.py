@@ -126,3 +126,28 @@ def test_the_mailbox_leaves_no_partial_message(sallyport, ca, tmp_path):
         assert sp.proc.wait(timeout=30) == 0, sp.log()
     assert list((maildir / "new").iterdir()) == []
     assert list((maildir / "tmp").iterdir()) == []
+
+
+def test_mailboxes_serve_and_say_goodbye_while_draining(sallyport, ca, tmp_path):
+    """With two workers, every worker's mailbox socket keeps accepting while
+    sallyport drains (its own sessions may still need it); at
+    shutdown_timeout a mailbox client waiting for a reply gets 421."""
+    port, mport = free_port(), free_port()
+    text = config(ca, port, "127.0.0.1:1 plain", service="submission", workers=2,
+                  extra_global="shutdown_timeout = 2\n")
+    text += (f"[mailbox box]\naddress = 127.0.0.1:{mport}\nmaildir = {tmp_path / 'box'}\n"
+             f"hostname = box.test\n")
+    sp = sallyport(text)
+    with connect(port) as held, connect(mport) as waiting:
+        assert read_reply(held).startswith(b"220 gw.test")
+        assert read_reply(waiting).startswith(b"220 box.test")
+        sp.proc.send_signal(signal.SIGTERM)
+        wait_for(lambda: DRAINING in sp.log(), what="the drain's log line")
+        for _ in range(8):   # the kernel spreads these over both workers' sockets
+            with connect(mport) as s:
+                assert read_reply(s).startswith(b"220 box.test")
+                s.sendall(b"QUIT\r\n")
+                assert read_reply(s).startswith(b"221 ")
+        assert recv_until_closed(waiting) == b"421 4.3.0 Shutting down\r\n"
+        assert recv_until_closed(held).startswith(b"421 4.3.0 gw.test ")
+    assert sp.proc.wait(timeout=30) == 0, sp.log()
