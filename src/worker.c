@@ -60,6 +60,7 @@ static void worker_drain(struct worker *w)
     ev_timer_init(&w->drain_check, on_drain_check, 0., 0.1);
     w->drain_check.data = w;
     ev_timer_again(w->loop, &w->drain_check);
+    on_drain_check(w->loop, &w->drain_check, 0); /* nothing open: no need to wait */
 }
 
 /* Graceful stop, second step: every session still open says the

@@ -145,7 +145,7 @@ class Sallyport:
         if self.proc.poll() is None:
             self.proc.terminate()
             try:
-                self.proc.wait(timeout=0.5)
+                self.proc.wait(timeout=0.2)
             except subprocess.TimeoutExpired:
                 self.proc.terminate()
                 try:
