@@ -257,6 +257,16 @@ void conn_close(struct conn *c)
     }
 }
 
+void conn_handshake_failure(const struct conn *c, const char *who, char *out, size_t len)
+{
+    long verify = c->ssl ? SSL_get_verify_result(c->ssl) : X509_V_OK;
+    if (verify != X509_V_OK)
+        snprintf(out, len, "%scertificate rejected: %s", who,
+                 X509_verify_cert_error_string(verify));
+    else
+        snprintf(out, len, "%sTLS handshake failed: %s", who, conn_error());
+}
+
 const char *conn_error(void)
 {
     return last_error[0] ? last_error : "unknown error";

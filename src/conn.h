@@ -57,6 +57,11 @@ void conn_shutdown_write(struct conn *c);
 /* Sends close_notify if TLS, then closes the socket. Safe to call twice. */
 void conn_close(struct conn *c);
 
+/* Why a client-side TLS handshake on `c` failed, after conn_handshake()
+ * returned CONN_ERROR: "<who>certificate rejected: <why>" when the peer's
+ * certificate failed verification, else "<who>TLS handshake failed: <why>". */
+void conn_handshake_failure(const struct conn *c, const char *who, char *out, size_t len);
+
 /* Human-readable reason of this thread's last CONN_ERROR; valid until the
  * next conn call on this thread (kept out of struct conn: an idle session
  * should not carry an error text it almost never has). */

@@ -135,12 +135,7 @@ static void on_handshake(struct probe *p)
     }
     if (r != CONN_DONE) {
         char why[200];
-        long verify = SSL_get_verify_result(p->conn.ssl);
-        if (verify != X509_V_OK)
-            snprintf(why, sizeof why, "check: certificate rejected: %s",
-                     X509_verify_cert_error_string(verify));
-        else
-            snprintf(why, sizeof why, "check: TLS handshake failed: %s", conn_error());
+        conn_handshake_failure(&p->conn, "check: ", why, sizeof why);
         finish(p, why);
         return;
     }

@@ -381,12 +381,7 @@ void backend_on_handshake_io(struct session *s)
     }
     if (r != CONN_DONE) {
         char why[200];
-        long verify = SSL_get_verify_result(s->backend.ssl);
-        if (verify != X509_V_OK)
-            snprintf(why, sizeof why, "backend certificate rejected: %s",
-                     X509_verify_cert_error_string(verify));
-        else
-            snprintf(why, sizeof why, "backend TLS handshake failed: %s", conn_error());
+        conn_handshake_failure(&s->backend, "backend ", why, sizeof why);
         backend_failed(s, why);
         return;
     }
