@@ -40,7 +40,8 @@ from sieve_client import SieveClient
 from smtp_helpers import (
     SENDER, Way, assert_mailbox_stored, backend_section, body_part, certificate_section,
     global_section, listener_section, log_fields, mailbox_section, make_message, marker,
-    session_lines, sha256, smtplib_session, standard_body, wait_maildir)
+    SECOND_ADDRESS, loopback_connection, session_lines, sha256, smtplib_session, standard_body,
+    wait_maildir)
 
 CLIENT_TIMEOUT = 15
 SMTP_WAY = Way("implicit", "terminate")   # how tests deliver mail: submissions, terminate
@@ -339,27 +340,52 @@ class Fetched:
 
 
 class LoopbackIMAP4(imaplib.IMAP4):
-    """IMAP4 to 127.0.0.1 whatever the host, which stays the STARTTLS SNI."""
+    """IMAP4 to 127.0.0.1 whatever the host, which stays the STARTTLS SNI
+    (from `source` when set: see smtp_helpers.SECOND_ADDRESS)."""
+
+    source = None
 
     def _create_socket(self, timeout):
-        return socket.create_connection(("127.0.0.1", self.port), timeout)
+        return loopback_connection(self.port, timeout, self.source)
 
 
 class LoopbackIMAP4_SSL(imaplib.IMAP4_SSL):
+    source = None
+
     def _create_socket(self, timeout):
-        raw = socket.create_connection(("127.0.0.1", self.port), timeout)
+        raw = loopback_connection(self.port, timeout, self.source)
         return self.ssl_context.wrap_socket(raw, server_hostname=self.host)
 
 
 class LoopbackPOP3(poplib.POP3):
+    source = None
+
     def _create_socket(self, timeout):
-        return socket.create_connection(("127.0.0.1", self.port), timeout)
+        return loopback_connection(self.port, timeout, self.source)
 
 
 class LoopbackPOP3_SSL(poplib.POP3_SSL):
+    source = None
+
     def _create_socket(self, timeout):
-        raw = socket.create_connection(("127.0.0.1", self.port), timeout)
+        raw = loopback_connection(self.port, timeout, self.source)
         return self.context.wrap_socket(raw, server_hostname=self.host)
+
+
+class IMAPFromSecondAddress(LoopbackIMAP4):
+    source = SECOND_ADDRESS
+
+
+class IMAPSSLFromSecondAddress(LoopbackIMAP4_SSL):
+    source = SECOND_ADDRESS
+
+
+class POP3FromSecondAddress(LoopbackPOP3):
+    source = SECOND_ADDRESS
+
+
+class POP3SSLFromSecondAddress(LoopbackPOP3_SSL):
+    source = SECOND_ADDRESS
 
 
 def imap_open(tls, port, sni, cafile):

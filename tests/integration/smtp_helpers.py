@@ -319,23 +319,45 @@ def log_fields(line):
 
 # ---- clients ---------------------------------------------------------------------
 
+# Where a client of the Loopback* classes connects from, when a backend's log
+# must tell the client from sallyport (which connects from 127.0.0.1).
+SECOND_ADDRESS = "127.0.0.2"
+
+
+def loopback_connection(port, timeout, source=None):
+    """A TCP connection to 127.0.0.1:port, from `source` when given."""
+    return socket.create_connection(("127.0.0.1", port), timeout,
+                                    source_address=(source, 0) if source else None)
+
+
 class LoopbackSMTP(smtplib.SMTP):
     """smtplib.SMTP that connects to 127.0.0.1 whatever the host name, which
     is kept for STARTTLS's server_hostname (SNI and certificate check)."""
 
+    source = None  # or SECOND_ADDRESS
+
     def _get_socket(self, host, port, timeout):
-        return socket.create_connection(("127.0.0.1", port), timeout)
+        return loopback_connection(port, timeout, self.source)
 
 
 class LoopbackSMTP_SSL(smtplib.SMTP_SSL):
     """smtplib.SMTP_SSL to 127.0.0.1 with SNI = the host name given (or none)."""
 
     sni = "unset"
+    source = None
 
     def _get_socket(self, host, port, timeout):
-        raw = socket.create_connection(("127.0.0.1", port), timeout)
+        raw = loopback_connection(port, timeout, self.source)
         name = self._host if self.sni == "unset" else self.sni
         return self.context.wrap_socket(raw, server_hostname=name)
+
+
+class SMTPFromSecondAddress(LoopbackSMTP):
+    source = SECOND_ADDRESS
+
+
+class SMTPSSLFromSecondAddress(LoopbackSMTP_SSL):
+    source = SECOND_ADDRESS
 
 
 def client_context(cafile, check_hostname=True):

@@ -10,19 +10,19 @@ log line names the backend that served and the ones that failed.
 Tested with scripted backends for each kind of failure, and with two real
 Postfix and two real Dovecot servers behind one route, one of them stopped in
 the middle of a bounded client loop and started again."""
-import imaplib
-import smtplib
 import socket
 import ssl
 import time
 
 import pytest
 
+from access_helpers import LoopbackIMAP4_SSL
 from conftest import free_port, wait_for
 from dovecot import dovecot_module_factory  # noqa: F401  (a fixture)
 from fakebackend import FakeBackend, read_reply, recv_line, send, smtp_server
 from postfix import postfix_module_factory  # noqa: F401  (a fixture)
-from smtp_helpers import (SENDER, certificate_section, issue, log_fields, make_message, marker,
+from smtp_helpers import (SENDER, LoopbackSMTP_SSL, certificate_section, issue, log_fields,
+                          make_message, marker,
                           session_lines, standard_body)
 
 SNI = "mail.pool.test"
@@ -262,12 +262,7 @@ def send_one(ca, port, rcpt):
     mark = marker()
     ctx = ssl.create_default_context(cafile=str(ca.cert))
 
-    class SMTPSSLTo(smtplib.SMTP_SSL):
-        def _get_socket(self, host, p, timeout):
-            raw = socket.create_connection(("127.0.0.1", p), timeout)
-            return self.context.wrap_socket(raw, server_hostname=host)
-
-    with SMTPSSLTo(SNI, port, local_hostname="client.test", context=ctx, timeout=30) as s:
+    with LoopbackSMTP_SSL(SNI, port, local_hostname="client.test", context=ctx, timeout=30) as s:
         assert not s.sendmail(SENDER, [rcpt], make_message(mark, standard_body(mark), rcpt))
 
 
@@ -318,12 +313,6 @@ def two_dovecot(dovecot_module_factory):
     return [dovecot_module_factory("imap.pool.test") for _ in range(2)]
 
 
-class IMAPSSLTo(imaplib.IMAP4_SSL):
-    def _create_socket(self, timeout):
-        raw = socket.create_connection(("127.0.0.1", self.port), timeout)
-        return self.ssl_context.wrap_socket(raw, server_hostname=self.host)
-
-
 def test_two_dovecot_one_stopped_mid_loop(sallyport, ca, two_dovecot):
     """IMAP logins through one route with two Dovecot; the first is stopped
     and started again in the middle: no login fails, and the first serves
@@ -338,7 +327,7 @@ def test_two_dovecot_one_stopped_mid_loop(sallyport, ca, two_dovecot):
     user, password = next(iter(dv1.users.items()))
 
     def login():
-        m = IMAPSSLTo("imap.pool.test", port, ssl_context=ctx, timeout=30)
+        m = LoopbackIMAP4_SSL("imap.pool.test", port, ssl_context=ctx, timeout=30)
         m.login(user, password)
         assert m.select("INBOX")[0] == "OK"
         m.logout()

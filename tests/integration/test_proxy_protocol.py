@@ -9,7 +9,6 @@ sent in the same write) reach TLS untouched.
 
 Tested with hand-made headers (good and hostile ones) and with HAProxy in
 front (send-proxy-v2 and send-proxy)."""
-import imaplib
 import shutil
 import smtplib
 import socket
@@ -21,13 +20,15 @@ from pathlib import Path
 
 import pytest
 
-from access_helpers import IMAP_WAYS, backend_cases
+from access_helpers import (IMAP_WAYS, IMAPFromSecondAddress, IMAPSSLFromSecondAddress,
+                            backend_cases)
 from conftest import free_port, wait_for
 from dovecot import dovecot_module_factory  # noqa: F401  (a fixture)
 from fakebackend import client_hello
 from postfix import postfix_module_factory  # noqa: F401  (a fixture)
 from smtp_helpers import (
-    IMPLICIT_PASSTHROUGH, IMPLICIT_TERMINATE, SENDER, WAYS, WAY_IDS, assert_mailbox_stored,
+    IMPLICIT_PASSTHROUGH, IMPLICIT_TERMINATE, SENDER, WAYS, WAY_IDS, SMTPFromSecondAddress,
+    SMTPSSLFromSecondAddress, assert_mailbox_stored,
     backend_section, certificate_section, issue, listener_section, log_fields, make_message,
     mailbox_section, marker, route_section, session_lines, standard_body, wait_maildir)
 from test_limits import connect, first_bytes, refused_with
@@ -324,22 +325,6 @@ def test_haproxy_in_front(sallyport, haproxy, tmp_path, ca, send_proxy):
 
 # ---- towards the backend: proxy_protocol = v1 | v2 ------------------------------------
 
-class SMTPFromSecondAddress(smtplib.SMTP):
-    """smtplib.SMTP from 127.0.0.2 (so that a backend can tell the client from
-    sallyport, which connects from 127.0.0.1), to 127.0.0.1."""
-
-    def _get_socket(self, host, port, timeout):
-        return socket.create_connection(("127.0.0.1", port), timeout,
-                                        source_address=("127.0.0.2", 0))
-
-
-class SMTPSSLFromSecondAddress(smtplib.SMTP_SSL):
-    def _get_socket(self, host, port, timeout):
-        raw = socket.create_connection(("127.0.0.1", port), timeout,
-                                       source_address=("127.0.0.2", 0))
-        return self.context.wrap_socket(raw, server_hostname=SNI)
-
-
 def backend_script(flavour, ctx):
     """After the PROXY header: a well-behaved SMTP backend of `flavour`."""
     from fakebackend import recv_line as line, send as say, smtp_server, tls
@@ -511,21 +496,6 @@ def test_postfix_logs_the_real_client(sallyport, ca, pf_proxy, way, flavour, ver
 
 
 # ---- Dovecot behind sallyport, told the client ------------------------------------------
-
-class IMAPFromSecondAddress(imaplib.IMAP4):
-    """imaplib from 127.0.0.2 to 127.0.0.1 (host stays the name for SNI)."""
-
-    def _create_socket(self, timeout):
-        return socket.create_connection(("127.0.0.1", self.port), timeout,
-                                        source_address=("127.0.0.2", 0))
-
-
-class IMAPSSLFromSecondAddress(imaplib.IMAP4_SSL):
-    def _create_socket(self, timeout):
-        raw = socket.create_connection(("127.0.0.1", self.port), timeout,
-                                       source_address=("127.0.0.2", 0))
-        return self.ssl_context.wrap_socket(raw, server_hostname=self.host)
-
 
 @pytest.fixture(scope="module")
 def dv_proxy(dovecot_module_factory):

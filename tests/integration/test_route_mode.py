@@ -8,17 +8,16 @@ after STARTTLS) against Dovecot: the client sees the backend's certificate
 on the passthrough route and sallyport's on the terminated one, and the
 mail or the login goes through. The config check refuses pairs that cannot
 work, saying why."""
-import imaplib
-import smtplib
-import socket
 import ssl
 
 import pytest
 
+from access_helpers import LoopbackIMAP4, LoopbackIMAP4_SSL
 from conftest import free_port, run_check, wait_for
 from dovecot import dovecot_module_factory  # noqa: F401  (a fixture)
 from postfix import postfix_module_factory  # noqa: F401  (a fixture)
-from smtp_helpers import (SENDER, certificate_section, issue, log_fields, make_message, marker,
+from smtp_helpers import (SENDER, LoopbackSMTP, LoopbackSMTP_SSL, certificate_section, issue,
+                          log_fields, make_message, marker,
                           session_lines, standard_body)
 
 PASSED = "mail.a.test"      # passed through: the backend's own certificate
@@ -53,14 +52,6 @@ def both_modes(sp):
 
 # ---- SMTP: Postfix ------------------------------------------------------------------
 
-class SMTPSSLTo(smtplib.SMTP_SSL):
-    """SMTP over implicit TLS to 127.0.0.1, sending `host` as SNI."""
-
-    def _get_socket(self, host, port, timeout):
-        raw = socket.create_connection(("127.0.0.1", port), timeout)
-        return self.context.wrap_socket(raw, server_hostname=host)
-
-
 @pytest.fixture(scope="module")
 def pf(ca, postfix_module_factory):
     """Postfix with a certificate for mail.a.test (the passed-through name)."""
@@ -81,10 +72,9 @@ def test_smtp_both_kinds_of_route_on_one_listener(sallyport, ca, pf, service, li
         rcpt = pf.new_address("routemode.test")
         mark = marker()
         if service == "submissions":
-            s = SMTPSSLTo(name, port, local_hostname="client.test", context=ctx, timeout=30)
+            s = LoopbackSMTP_SSL(name, port, local_hostname="client.test", context=ctx, timeout=30)
         else:
-            s = smtplib.SMTP("127.0.0.1", port, local_hostname="client.test", timeout=30)
-            s._host = name   # the name STARTTLS verifies and sends as SNI
+            s = LoopbackSMTP(name, port, local_hostname="client.test", timeout=30)
             s.ehlo()
             s.starttls(context=ctx)
         assert san_names(s.sock) == [cert_name]
@@ -104,19 +94,6 @@ def dv(dovecot_module_factory):
     return dovecot_module_factory(IMAP_PASSED)
 
 
-class IMAPTo(imaplib.IMAP4):
-    """IMAP to 127.0.0.1, with `host` kept as the name STARTTLS sends and checks."""
-
-    def _create_socket(self, timeout):
-        return socket.create_connection(("127.0.0.1", self.port), timeout)
-
-
-class IMAPSSLTo(imaplib.IMAP4_SSL):
-    def _create_socket(self, timeout):
-        raw = socket.create_connection(("127.0.0.1", self.port), timeout)
-        return self.ssl_context.wrap_socket(raw, server_hostname=self.host)
-
-
 @pytest.mark.parametrize("listener_mode", ["terminate", "passthrough"])
 @pytest.mark.parametrize("service", ["imaps", "imap"])
 def test_imap_both_kinds_of_route_on_one_listener(sallyport, ca, dv, service, listener_mode):
@@ -129,9 +106,9 @@ def test_imap_both_kinds_of_route_on_one_listener(sallyport, ca, dv, service, li
     user, password = next(iter(dv.users.items()))
     for name in (IMAP_PASSED, IMAP_TERMINATED):
         if service == "imaps":
-            m = IMAPSSLTo(name, port, ssl_context=ctx, timeout=30)
+            m = LoopbackIMAP4_SSL(name, port, ssl_context=ctx, timeout=30)
         else:
-            m = IMAPTo(name, port, timeout=30)
+            m = LoopbackIMAP4(name, port, timeout=30)
             m.starttls(ssl_context=ctx)
         assert san_names(m.sock)[0] == name
         m.login(user, password)

@@ -10,24 +10,22 @@ what to configure.
 
 The clients connect from 127.0.0.2 and sallyport from 127.0.0.1, so that
 Postfix's and Dovecot's logs can tell the client from the gateway."""
-import imaplib
-import poplib
 import socket
 import ssl
 
 import pytest
 
-from access_helpers import IMAP_WAYS, POP3_WAYS, backend_cases
+from access_helpers import (IMAP_WAYS, POP3_WAYS, IMAPFromSecondAddress,
+                            IMAPSSLFromSecondAddress, POP3FromSecondAddress,
+                            POP3SSLFromSecondAddress, backend_cases)
 from conftest import free_port, wait_for
 from dovecot import dovecot_module_factory  # noqa: F401  (a fixture)
 from fakebackend import (FakeBackend, connect, read_reply, recv_line, send, server_context,
                          smtp_server, tls)
 from postfix import postfix_module_factory  # noqa: F401  (a fixture)
 from smtp_helpers import (
-    SENDER, WAYS, backend_section, certificate_section, issue, listener_section, log_fields,
+    SENDER, WAYS, SMTPFromSecondAddress, SMTPSSLFromSecondAddress, backend_section, certificate_section, issue, listener_section, log_fields,
     make_message, marker, route_section, session_lines, standard_body)
-from test_proxy_protocol import (IMAPFromSecondAddress, IMAPSSLFromSecondAddress,
-                                 SMTPFromSecondAddress, SMTPSSLFromSecondAddress)
 
 HOSTNAME = "gw.test"
 SNI = "mail.proxy.test"
@@ -160,19 +158,6 @@ def dv_xclient(dovecot_module_factory):
     return dovecot_module_factory(
         extra_conf="login_log_format_elements = user=<%u> method=%m rip=%r rport=%{rport} "
                    "lip=%l lport=%{lport} mpid=%e %c\n")
-
-
-class POP3FromSecondAddress(poplib.POP3):
-    def _create_socket(self, timeout):
-        return socket.create_connection(("127.0.0.1", self.port), timeout,
-                                        source_address=("127.0.0.2", 0))
-
-
-class POP3SSLFromSecondAddress(poplib.POP3_SSL):
-    def _create_socket(self, timeout):
-        raw = socket.create_connection(("127.0.0.1", self.port), timeout,
-                                       source_address=("127.0.0.2", 0))
-        return self.context.wrap_socket(raw, server_hostname=self.host)
 
 
 def dovecot_endpoint(dv, proto, flavour):
