@@ -109,8 +109,8 @@ struct client_table *client_table_new(size_t capacity, unsigned max_per_client, 
         t->nbuckets <<= 1;
     t->entries = calloc(t->capacity, sizeof *t->entries);
     t->buckets = malloc(t->nbuckets * sizeof *t->buckets);
-    t->exceptions = nexceptions ? calloc(nexceptions, sizeof *t->exceptions) : NULL;
-    if (!t->entries || !t->buckets || (nexceptions && !t->exceptions)) {
+    if (!t->entries || !t->buckets ||
+        client_table_set_limits(t, max_per_client, rate, exceptions, nexceptions) < 0) {
         client_table_free(t);
         return NULL;
     }
@@ -119,14 +119,27 @@ struct client_table *client_table_new(size_t capacity, unsigned max_per_client, 
     for (size_t i = 0; i < t->capacity; i++)
         t->entries[i].next = i + 1 < t->capacity ? (int)(i + 1) : NO_ENTRY;
     t->free_list = 0;
-    if (nexceptions)
-        memcpy(t->exceptions, exceptions, nexceptions * sizeof *exceptions);
-    t->nexceptions = nexceptions;
-    t->max_per_client = max_per_client;
-    t->rate = rate;
     if (getrandom(&t->seed, sizeof t->seed, GRND_NONBLOCK) != (ssize_t)sizeof t->seed)
         t->seed = (uint64_t)(uintptr_t)t ^ 0x9e3779b97f4a7c15ULL;
     return t;
+}
+
+int client_table_set_limits(struct client_table *t, unsigned max_per_client, unsigned rate,
+                            const struct client_prefix *exceptions, size_t nexceptions)
+{
+    struct client_prefix *copy = NULL;
+    if (nexceptions) {
+        copy = calloc(nexceptions, sizeof *copy);
+        if (!copy)
+            return -1;
+        memcpy(copy, exceptions, nexceptions * sizeof *exceptions);
+    }
+    free(t->exceptions);
+    t->exceptions = copy;
+    t->nexceptions = nexceptions;
+    t->max_per_client = max_per_client;
+    t->rate = rate;
+    return 0;
 }
 
 void client_table_free(struct client_table *t)

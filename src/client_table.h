@@ -39,6 +39,12 @@ struct client_table *client_table_new(size_t capacity, unsigned max_per_client, 
 
 void client_table_free(struct client_table *t);
 
+/* A reload's new limits; the counts kept so far stay (an address over a
+ * lowered limit is refused new connections until it is under it again).
+ * Returns 0, or -1 (the old limits kept) when out of memory. */
+int client_table_set_limits(struct client_table *t, unsigned max_per_client, unsigned rate,
+                            const struct client_prefix *exceptions, size_t nexceptions);
+
 /* Decides whether a new connection from `peer` at time `now` (seconds) may
  * proceed. On CLIENT_ADMITTED sets *slot to what client_table_release()
  * takes (-1 for an exempt address or an unknown address family). */

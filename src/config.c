@@ -487,3 +487,11 @@ void config_free(struct config *config)
     free(config->mailboxes);
     free(config);
 }
+
+bool config_runnable(const struct config *config, FILE *errors)
+{
+    if (config->nlisteners > 0 || config->nmailboxes > 0)
+        return true;
+    fprintf(errors, "%s: no [listener] or [mailbox] section: nothing to run\n", config->file);
+    return false;
+}

@@ -187,6 +187,10 @@ struct config {
  * "file:line: key: what is wrong" and sets *nerrors. */
 struct config *config_load(const char *path, FILE *errors, int *nerrors);
 
+/* True when the config has something to run (a listener or a mailbox);
+ * otherwise says so on `errors`. */
+bool config_runnable(const struct config *config, FILE *errors);
+
 /* Frees the config, including certificate contexts still owned by it. */
 void config_free(struct config *config);
 

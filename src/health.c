@@ -2,6 +2,7 @@
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "health.h"
 #include "log.h"
@@ -59,6 +60,44 @@ static _Atomic int64_t *marks(struct health *h, const struct cfg_backend *b, enu
     size_t backend = (size_t)(b - h->config->backends);
     size_t at = (backend * SERVICE_COUNT + (size_t)service) * ENDPOINT_MAX_ADDRS + addr;
     return &h->down_until[at * MARKS];
+}
+
+static const struct cfg_backend *backend_named(const struct config *config, const char *name)
+{
+    for (size_t i = 0; i < config->nbackends; i++)
+        if (strcmp(config->backends[i].name, name) == 0)
+            return &config->backends[i];
+    return NULL;
+}
+
+void health_carry(struct health *to, const struct health *from)
+{
+    const struct config *now = to->config, *before = from->config;
+    for (size_t i = 0; i < now->nbackends; i++) {
+        const struct cfg_backend *b = &now->backends[i];
+        const struct cfg_backend *old = backend_named(before, b->name);
+        for (int s = 0; old && s < SERVICE_COUNT; s++) {
+            const struct endpoint *ep = &b->endpoints[s], *old_ep = &old->endpoints[s];
+            for (size_t a = 0; ep->set && old_ep->set && a < ep->naddrs; a++) {
+                for (size_t o = 0; o < old_ep->naddrs; o++) {
+                    if (ep->addrs[a].len != old_ep->addrs[o].len ||
+                        memcmp(&ep->addrs[a].ss, &old_ep->addrs[o].ss, ep->addrs[a].len) != 0)
+                        continue;
+                    _Atomic int64_t *m = marks(to, b, (enum service)s, a);
+                    _Atomic int64_t *was = marks((struct health *)from, old, (enum service)s, o);
+                    for (int w = 0; w < MARKS; w++)
+                        atomic_store(&m[w], atomic_load(&was[w]));
+                    break;
+                }
+            }
+        }
+    }
+    for (size_t r = 0; r < now->nroutes; r++) {
+        for (size_t o = 0; o < before->nroutes; o++) {
+            if (strcmp(now->routes[r].name, before->routes[o].name) == 0)
+                atomic_store(&to->turns[r], atomic_load(&from->turns[o]));
+        }
+    }
 }
 
 static int64_t ms(double seconds)

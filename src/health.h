@@ -3,8 +3,9 @@
  * before any client byte reached it is "down" for the backend's down_time
  * (passive health: its route tries the others first), and is up again
  * after that time or as soon as a session gets through it. Also each
- * route's round-robin turn. Runtime state, never part of a config: plain
- * atomics, any thread. */
+ * route's round-robin turn. Runtime state indexed by one config's backends
+ * and routes (each generation has its own, carried over by name when a
+ * reload makes the next one): plain atomics, any thread. */
 #ifndef SALLYPORT_HEALTH_H
 #define SALLYPORT_HEALTH_H
 
@@ -24,6 +25,11 @@ struct health;
 /* Sized for `config` (its backends and routes). NULL when out of memory. */
 struct health *health_new(const struct config *config);
 void health_free(struct health *health);
+
+/* A reload: `to` (sized for the new config) takes over the marks of every
+ * address that `from` knew under the same backend name and service, and
+ * the round-robin turn of every route of the same name. */
+void health_carry(struct health *to, const struct health *from);
 
 /* True while address `addr` of backend `b`'s endpoint for `service` is
  * marked down by either witness at time `now` (seconds, ev_now()). */

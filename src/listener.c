@@ -7,7 +7,6 @@
 #include "log.h"
 #include "server.h"
 #include "session.h"
-#include "sock.h"
 #include "worker.h"
 
 /* Seconds to wait before accepting again after running out of descriptors. */
@@ -58,18 +57,15 @@ static void on_pause_over(struct ev_loop *loop, ev_timer *w, int revents)
         listener_start(l);
 }
 
-int listener_open(struct listener *l, struct worker *worker, const struct cfg_listener *cfg,
-                  bool shared, char *err, size_t errlen)
+void listener_init(struct listener *l, struct worker *worker, const struct cfg_listener *cfg,
+                   int fd)
 {
     l->worker = worker;
     l->cfg = cfg;
-    l->fd = sock_listen(&cfg->addr, shared, err, errlen);
-    if (l->fd < 0)
-        return -1;
+    l->fd = fd;
     ev_io_init(&l->accept_w, on_accept, l->fd, EV_READ);
     ev_init(&l->pause_w, on_pause_over);
     l->accept_w.data = l->pause_w.data = l;
-    return 0;
 }
 
 void listener_start(struct listener *l)
@@ -85,12 +81,11 @@ void listener_pause(struct listener *l)
     ev_io_stop(l->worker->loop, &l->accept_w);
 }
 
-void listener_close(struct listener *l)
+void listener_stop(struct listener *l)
 {
     if (l->fd < 0)
         return;
     ev_io_stop(l->worker->loop, &l->accept_w);
     ev_timer_stop(l->worker->loop, &l->pause_w);
-    close(l->fd);
     l->fd = -1;
 }

@@ -21,10 +21,10 @@ struct listener {
     ev_timer pause_w; /* EMFILE back-off */
 };
 
-/* Binds the socket (SO_REUSEPORT when `shared`: every worker binds its own
- * on the same address). Returns 0, or -1 with the reason in err. */
-int listener_open(struct listener *l, struct worker *worker, const struct cfg_listener *cfg,
-                  bool shared, char *err, size_t errlen);
+/* Sets up accepting on `fd`, the worker's socket for `cfg` (bound and
+ * listening; the worker's generation owns it). Nothing accepts yet. */
+void listener_init(struct listener *l, struct worker *worker, const struct cfg_listener *cfg,
+                   int fd);
 
 /* Starts (or resumes) accepting. */
 void listener_start(struct listener *l);
@@ -32,7 +32,7 @@ void listener_start(struct listener *l);
 /* Stops accepting until listener_start(). */
 void listener_pause(struct listener *l);
 
-/* Stops accepting and closes the socket. */
-void listener_close(struct listener *l);
+/* Stops accepting for good (the socket is the generation's to close). */
+void listener_stop(struct listener *l);
 
 #endif

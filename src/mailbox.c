@@ -23,6 +23,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "generation.h"
 #include "log.h"
 #include "mailbox.h"
 #include "mailbox_session.h"
@@ -205,9 +206,9 @@ static void session_free(struct mailbox_session *s)
 {
     struct mailbox *mb = s->mb;
     char user[USERDB_NAME_MAX * 4];
-    log_info("mailbox %s: client=%s tls=%s auth=%s messages=%lu bytes_in=%llu bytes_out=%llu "
-             "duration=%.3fs close=%s",
-             mb->cfg->name, s->client, s->tls,
+    log_info("mailbox %s: client=%s gen=%u tls=%s auth=%s messages=%lu bytes_in=%llu "
+             "bytes_out=%llu duration=%.3fs close=%s",
+             mb->cfg->name, s->client, mb->gen->number, s->tls,
              log_escape(user, sizeof user, s->authenticated ? s->user : "-",
                         s->authenticated ? strlen(s->user) : 1),
              s->messages, s->bytes_in, s->bytes_out, ev_now(mb->loop) - s->started,
@@ -228,6 +229,7 @@ static void session_free(struct mailbox_session *s)
         s->next->prev = s->prev;
     mb->nsessions--;
     atomic_fetch_sub(mb->open, 1);
+    atomic_fetch_sub(mb->total, 1);
     explicit_bzero(s, sizeof *s);
     free(s);
 }
@@ -303,6 +305,7 @@ static void session_new(struct mailbox *mb, int fd, const struct sockaddr_storag
     if (!s) {
         log_error("mailbox %s: out of memory", mb->cfg->name);
         atomic_fetch_sub(mb->open, 1);
+        atomic_fetch_sub(mb->total, 1);
         close(fd);
         return;
     }
@@ -373,6 +376,7 @@ static void accept_cb(struct ev_loop *loop, ev_io *w, int revents)
             close(fd);
             continue;
         }
+        atomic_fetch_add(mb->total, 1);
         session_new(mb, fd, &peer);
     }
 }
@@ -384,42 +388,29 @@ static void accept_resume_cb(struct ev_loop *loop, ev_timer *w, int revents)
     ev_io_start(loop, &mb->accept_io);
 }
 
-struct mailbox *mailbox_start(struct ev_loop *loop, const struct cfg_mailbox *cfg,
-                              const struct cfg_global *global, struct buf_pool *bufs, bool shared,
-                              atomic_uint *open, char *err, size_t errlen)
+struct mailbox *mailbox_start(struct ev_loop *loop, struct generation *gen, size_t index,
+                              unsigned worker, struct buf_pool *bufs, atomic_uint *total)
 {
+    const struct cfg_mailbox *cfg = &gen->config->mailboxes[index];
     struct mailbox *mb = calloc(1, sizeof *mb);
     if (!mb) {
-        snprintf(err, errlen, "out of memory");
+        log_error("mailbox %s: out of memory", cfg->name);
         return NULL;
     }
     mb->loop = loop;
+    mb->gen = generation_hold(gen);
     mb->cfg = cfg;
-    mb->global = global;
-    mb->open = open;
+    mb->global = &gen->config->global;
+    mb->open = &gen->mailbox_open[index];
+    mb->total = total;
     mb->bufs = bufs;
-    mb->fd = -1;
+    mb->fd = gen->mailbox_fds[index * gen->nworkers + worker];
+    mb->users = gen->users[index * gen->nworkers + worker];
+    gen->users[index * gen->nworkers + worker] = NULL; /* ours now */
     if (cfg->hostname && cfg->hostname[0])
         snprintf(mb->hostname, sizeof mb->hostname, "%s", cfg->hostname);
     else if (gethostname(mb->hostname, sizeof mb->hostname - 1) < 0 || !mb->hostname[0])
         snprintf(mb->hostname, sizeof mb->hostname, "localhost");
-    if (!cfg->maildir) {
-        snprintf(err, errlen, "no maildir configured");
-        goto fail;
-    }
-    if (maildir_create(cfg->maildir, err, errlen) < 0)
-        goto fail;
-    if (cfg->users && !(mb->users = userdb_load(cfg->users, err, errlen)))
-        goto fail;
-    if (mb->users && userdb_count(mb->users) == 0)
-        log_warn("mailbox %s: users file %s lists nobody: no one can send", cfg->name, cfg->users);
-    if (cfg->tls != TLS_PLAIN && !cfg->ctx) {
-        snprintf(err, errlen, "tls = %s needs a certificate", tls_flavour_name(cfg->tls));
-        goto fail;
-    }
-    mb->fd = sock_listen(&cfg->addr, shared, err, errlen);
-    if (mb->fd < 0)
-        goto fail;
     ev_io_init(&mb->accept_io, accept_cb, mb->fd, EV_READ);
     mb->accept_io.data = mb;
     ev_init(&mb->accept_pause, accept_resume_cb);
@@ -430,9 +421,13 @@ struct mailbox *mailbox_start(struct ev_loop *loop, const struct cfg_mailbox *cf
               sock_addr_format((const struct sockaddr *)&cfg->addr.ss, addr, sizeof addr),
               tls_flavour_name(cfg->tls), cfg->maildir, mb->users ? "required" : "off");
     return mb;
-fail:
-    mailbox_stop(mb);
-    return NULL;
+}
+
+void mailbox_retire(struct mailbox *mb)
+{
+    ev_io_stop(mb->loop, &mb->accept_io);
+    ev_timer_stop(mb->loop, &mb->accept_pause);
+    mb->fd = -1;
 }
 
 size_t mailbox_session_count(const struct mailbox *mb)
@@ -479,8 +474,7 @@ void mailbox_stop(struct mailbox *mb)
         mailbox_end(s, "shutdown");
         session_free(s);
     }
-    if (mb->fd >= 0)
-        close(mb->fd);
     userdb_free(mb->users);
+    generation_release(mb->gen);
     free(mb);
 }

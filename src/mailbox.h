@@ -10,20 +10,25 @@
 #include <stddef.h>
 
 #include "buf_pool.h"
-#include "config.h"
 
+struct generation;
 struct mailbox;
 
-/* Creates the Maildir (tmp/ new/ cur/) if missing, reads the users file,
- * binds cfg->addr (SO_REUSEPORT when `shared`: one mailbox per worker on the
- * same address) and starts accepting on `loop`. `open` counts the sessions
- * of every mailbox on that address, for max_connections. Sessions take
- * their buffers from `bufs` (the worker's pool). Returns NULL with
- * the reason in err on failure. `cfg`, `global` and `open` must outlive the
- * mailbox. */
-struct mailbox *mailbox_start(struct ev_loop *loop, const struct cfg_mailbox *cfg,
-                              const struct cfg_global *global, struct buf_pool *bufs, bool shared,
-                              atomic_uint *open, char *err, size_t errlen);
+/* Starts mailbox `index` of generation `gen` accepting on `loop`, on the
+ * socket of worker `worker` (the generation's to close), with that
+ * worker's users database (taken over). The generation made its maildir
+ * and checked its users file. Holds a reference to `gen` until stopped, so
+ * that its sessions keep their config across reloads. `total` counts the
+ * mailbox sessions of the whole process (a graceful stop waits for them);
+ * the generation's mailbox_open[index] those on this address, for
+ * max_connections. Sessions take their buffers from `bufs` (the worker's
+ * pool). Returns NULL (logged) when out of memory. */
+struct mailbox *mailbox_start(struct ev_loop *loop, struct generation *gen, size_t index,
+                              unsigned worker, struct buf_pool *bufs, atomic_uint *total);
+
+/* A reload: stops accepting for good (the generation closes the socket);
+ * the sessions go on. */
+void mailbox_retire(struct mailbox *mailbox);
 
 /* Sessions this mailbox has open (on its worker). */
 size_t mailbox_session_count(const struct mailbox *mailbox);

@@ -24,16 +24,18 @@
 
 struct mailbox {
     struct ev_loop *loop;
+    struct generation *gen; /* held: cfg and global live in it */
     const struct cfg_mailbox *cfg;
     const struct cfg_global *global;
     char hostname[256];
-    int fd;
+    int fd; /* the generation's socket; -1 once retired */
     ev_io accept_io;
     ev_timer accept_pause;
     struct userdb *users;             /* NULL when no users file: no AUTH */
     struct mailbox_session *sessions; /* doubly linked, for mailbox_stop */
     size_t nsessions;                 /* this one's sessions */
     atomic_uint *open;                /* sessions of this mailbox in all workers */
+    atomic_uint *total;               /* mailbox sessions in the whole process */
     struct buf_pool *bufs;            /* the worker's buffers */
 };
 

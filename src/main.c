@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include "config.h"
+#include "generation.h"
 #include "log.h"
 #include "server.h"
 
@@ -62,7 +63,7 @@ static void on_stop_signal(struct ev_loop *loop, ev_signal *w, int revents)
         ev_break(loop, EVBREAK_ALL);
         return;
     }
-    unsigned timeout = st->server->config->global.shutdown_timeout;
+    unsigned timeout = st->server->current->config->global.shutdown_timeout;
     log_info("received signal %d: no new connections; open sessions may finish within %us "
              "(signal again to stop at once)",
              w->signum, timeout);
@@ -71,6 +72,15 @@ static void on_stop_signal(struct ev_loop *loop, ev_signal *w, int revents)
     st->timer.data = st;
     ev_timer_start(loop, &st->timer);
     server_drain(st->server);
+}
+
+/* SIGHUP: read the config again (server_reload()). */
+static void on_reload_signal(struct ev_loop *loop, ev_signal *w, int revents)
+{
+    (void)loop, (void)revents;
+    struct stopping *st = w->data;
+    log_info("received signal %d: reloading", w->signum);
+    server_reload(st->server);
 }
 
 /* Drops root for `user` once sockets are bound and keys are read. */
@@ -134,8 +144,7 @@ int main(int argc, char **argv)
         fprintf(stderr, "%s: %d error%s\n", path, nerrors, nerrors == 1 ? "" : "s");
         return 1;
     }
-    if (config->nlisteners == 0 && config->nmailboxes == 0) {
-        fprintf(stderr, "%s: no [listener] or [mailbox] section: nothing to run\n", path);
+    if (!config_runnable(config, stderr)) {
         config_free(config);
         return 1;
     }
@@ -147,34 +156,35 @@ int main(int argc, char **argv)
     log_set_level(debug ? LOG_LEVEL_DEBUG : config->global.log_level);
     signal(SIGPIPE, SIG_IGN);
 
+    const char *user = config->global.user ? strdup(config->global.user) : NULL;
     struct server server;
-    if (server_start(&server, config) < 0) {
+    int started = server_start(&server, config, path); /* the config is the server's now */
+    server.log_level_fixed = debug;
+    if (started < 0 || (user && drop_privileges(user) < 0)) {
         server_stop(&server);
-        config_free(config);
+        free((void *)user);
         return 1;
     }
-    if (config->global.user && drop_privileges(config->global.user) < 0) {
-        server_stop(&server);
-        config_free(config);
-        return 1;
-    }
+    free((void *)user);
     struct ev_loop *loop = EV_DEFAULT; /* worker 0's loop takes the signals */
     struct stopping stopping = {.server = &server};
     ev_init(&stopping.timer, on_stop_timer);
-    ev_signal sigterm, sigint;
+    ev_signal sigterm, sigint, sighup;
     ev_signal_init(&sigterm, on_stop_signal, SIGTERM);
     ev_signal_init(&sigint, on_stop_signal, SIGINT);
-    sigterm.data = sigint.data = &stopping;
+    ev_signal_init(&sighup, on_reload_signal, SIGHUP);
+    sigterm.data = sigint.data = sighup.data = &stopping;
     ev_signal_start(loop, &sigterm);
     ev_signal_start(loop, &sigint);
+    ev_signal_start(loop, &sighup);
 
     int rc = server_run(&server) < 0 ? 1 : 0;
 
     ev_timer_stop(loop, &stopping.timer);
     ev_signal_stop(loop, &sigterm);
     ev_signal_stop(loop, &sigint);
+    ev_signal_stop(loop, &sighup);
     server_stop(&server);
-    config_free(config);
     log_info("sallyport stopped");
     return rc;
 }

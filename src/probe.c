@@ -10,7 +10,7 @@
 #include "log.h"
 #include "probe.h"
 #include "proxy_header.h"
-#include "server.h"
+#include "generation.h"
 #include "sock.h"
 #include "tls.h"
 
@@ -40,7 +40,7 @@ struct probe {
 };
 
 struct prober {
-    struct server *server;
+    struct generation *gen; /* held: the backends it checks are its config's */
     struct ev_loop *loop;
     size_t count;
     struct probe probes[];
@@ -53,7 +53,7 @@ static void finish(struct probe *p, const char *failure)
     ev_timer_stop(p->owner->loop, &p->deadline);
     conn_close(&p->conn);
     p->state = PROBE_IDLE;
-    struct health *health = p->owner->server->health;
+    struct health *health = p->owner->gen->health;
     if (failure)
         health_failed(health, HEALTH_CHECK, p->backend, p->service, p->addr, ev_now(p->owner->loop),
                       failure);
@@ -112,7 +112,7 @@ static void on_connected(struct probe *p)
         start_greeting(p); /* a STARTTLS endpoint greets in cleartext: enough */
         return;
     }
-    SSL_CTX *ctx = server_backend_ctx(p->owner->server, p->backend);
+    SSL_CTX *ctx = generation_backend_ctx(p->owner->gen, p->backend);
     SSL *ssl =
         ctx ? tls_client_new(ctx, p->backend->tls_name ? p->backend->tls_name : ep->host) : NULL;
     if (!ssl) {
@@ -221,7 +221,7 @@ static void on_every(struct ev_loop *loop, ev_timer *w, int revents)
             return; /* our trouble, not the backend's: try again next time */
         char why[160];
         snprintf(why, sizeof why, "check: connect failed: %s", strerror(errno));
-        health_failed(p->owner->server->health, HEALTH_CHECK, p->backend, p->service, p->addr,
+        health_failed(p->owner->gen->health, HEALTH_CHECK, p->backend, p->service, p->addr,
                       ev_now(loop), why);
         return;
     }
@@ -229,7 +229,7 @@ static void on_every(struct ev_loop *loop, ev_timer *w, int revents)
     p->state = PROBE_CONNECTING;
     p->wait = 0;
     wait_for(p, EV_WRITE);
-    ev_timer_set(&p->deadline, p->owner->server->config->global.connect_timeout, 0.);
+    ev_timer_set(&p->deadline, p->owner->gen->config->global.connect_timeout, 0.);
     ev_timer_start(loop, &p->deadline);
 }
 
@@ -254,9 +254,9 @@ static bool served(const struct config *config, enum service service)
     return false;
 }
 
-struct prober *prober_start(struct server *server, struct ev_loop *loop)
+struct prober *prober_start(struct generation *gen, struct ev_loop *loop)
 {
-    const struct config *config = server->config;
+    const struct config *config = gen->config;
     size_t count = 0;
     for (int pass = 0; pass < 2; pass++) {
         struct prober *prober = NULL;
@@ -268,7 +268,7 @@ struct prober *prober_start(struct server *server, struct ev_loop *loop)
                 log_error("out of memory: backend checks are off");
                 return NULL;
             }
-            prober->server = server;
+            prober->gen = generation_hold(gen);
             prober->loop = loop;
         }
         size_t n = 0;
@@ -319,5 +319,6 @@ void prober_stop(struct prober *prober)
         ev_timer_stop(prober->loop, &p->deadline);
         conn_close(&p->conn);
     }
+    generation_release(prober->gen);
     free(prober);
 }

@@ -12,12 +12,14 @@
 
 #include <ev.h>
 
-struct server;
+struct generation;
 struct prober;
 
-/* Starts the checks on `loop` (the first one at once). Returns NULL when
- * no backend asks for checks, or when out of memory (logged). */
-struct prober *prober_start(struct server *server, struct ev_loop *loop);
+/* Starts the checks of `gen`'s backends on `loop` (the first one at once),
+ * holding a reference to `gen`. Returns NULL when no backend asks for
+ * checks, or when out of memory (logged). A reload stops the checks and
+ * starts the new generation's. */
+struct prober *prober_start(struct generation *gen, struct ev_loop *loop);
 
 /* Stops every check and closes its connection; `loop` must still exist. */
 void prober_stop(struct prober *prober);

@@ -1,7 +1,9 @@
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "client_table.h"
+#include "generation.h"
 #include "health.h"
 #include "listener.h"
 #include "log.h"
@@ -15,49 +17,14 @@
 /* Addresses the client table remembers at most (about 3 MiB). */
 #define CLIENT_TABLE_MAX 65536
 
-static bool backend_uses_tls(const struct cfg_backend *b)
-{
-    for (int i = 0; i < SERVICE_COUNT; i++) {
-        if (b->endpoints[i].set && b->endpoints[i].tls != TLS_PLAIN)
-            return true;
-    }
-    return false;
-}
+/* How often session tickets get a fresh key. Tickets sealed with the
+ * TLS_TICKET_KEYS - 1 keys before it still open: about 3 hours with 3 keys,
+ * longer than the 2 hours OpenSSL lets a TLS session be resumed. */
+#define TICKET_ROTATION 3600.0
 
-static int load_tls(struct server *server, struct config *config)
+static void log_sockets(const struct generation *gen)
 {
-    char err[256];
-    if (config->ncertificates > 0) {
-        server->store = tls_store_new();
-        if (!server->store)
-            return -1;
-        for (size_t i = 0; i < config->ncertificates; i++) {
-            struct cfg_certificate *c = &config->certificates[i];
-            if (!tls_store_add(server->store, c->ctx, c->is_default))
-                return -1;
-            c->ctx = NULL; /* the store owns it now */
-        }
-        tls_store_set_sni_check(server->store, session_route_by_sni);
-        tls_store_set_alpn_check(server->store, session_check_alpn);
-    }
-    server->backend_ctx = calloc(config->nbackends ? config->nbackends : 1, sizeof(SSL_CTX *));
-    if (!server->backend_ctx)
-        return -1;
-    for (size_t i = 0; i < config->nbackends; i++) {
-        const struct cfg_backend *b = &config->backends[i];
-        if (!backend_uses_tls(b))
-            continue;
-        server->backend_ctx[i] = tls_client_ctx_new(b->ca, b->verify, err, sizeof err);
-        if (!server->backend_ctx[i]) {
-            log_error("%s:%d: backend %s: %s", config->file, b->line, b->name, err);
-            return -1;
-        }
-    }
-    return 0;
-}
-
-static void log_sockets(const struct config *config)
-{
+    const struct config *config = gen->config;
     for (size_t i = 0; i < config->nmailboxes; i++) {
         const struct cfg_mailbox *m = &config->mailboxes[i];
         log_info("mailbox %s: accepting on %s (%s), storing in %s", m->name, m->address,
@@ -71,19 +38,44 @@ static void log_sockets(const struct config *config)
     }
 }
 
-int server_start(struct server *server, struct config *config)
+static void on_ticket_rotation(struct ev_loop *loop, ev_timer *t, int revents)
+{
+    (void)loop, (void)revents;
+    struct server *server = t->data;
+    if (tls_tickets_rotate(server->tickets) < 0)
+        log_warn("no randomness for a new session ticket key: keeping the current one");
+}
+
+/* What a generation sets in the shared state: the limits. */
+static void apply_limits(struct server *server, const struct config *config)
+{
+    atomic_store(&server->max_connections, config->global.max_connections);
+    pthread_mutex_lock(&server->clients_lock);
+    int rc =
+        client_table_set_limits(server->clients, config->global.max_client_connections,
+                                config->global.client_connection_rate,
+                                config->global.limit_exceptions, config->global.nlimit_exceptions);
+    pthread_mutex_unlock(&server->clients_lock);
+    if (rc < 0)
+        log_error("out of memory: the per-client limits stay as they were");
+}
+
+int server_start(struct server *server, struct config *config, const char *path)
 {
     memset(server, 0, sizeof *server);
-    server->config = config;
+    server->config_path = path;
     pthread_mutex_init(&server->clients_lock, NULL);
+    pthread_mutex_init(&server->generation_lock, NULL);
     atomic_init(&server->nsessions, 0);
+    atomic_init(&server->mailbox_sessions, 0);
+    atomic_init(&server->max_connections, config->global.max_connections);
     atomic_init(&server->running, false);
     atomic_init(&server->draining, false);
     atomic_init(&server->ending, false);
-    if (load_tls(server, config) < 0) {
-        log_error("cannot set up TLS");
-        return -1;
-    }
+    ev_init(&server->ticket_rotation, on_ticket_rotation);
+    server->ticket_rotation.data = server;
+    unsigned nworkers = config->global.workers ? config->global.workers : worker_count_auto();
+    server->tickets = tls_tickets_new();
     /* Room for every open connection's address and as many recent ones. */
     size_t capacity = 2 * (size_t)config->global.max_connections + 256;
     if (capacity > CLIENT_TABLE_MAX)
@@ -91,21 +83,112 @@ int server_start(struct server *server, struct config *config)
     server->clients = client_table_new(
         capacity, config->global.max_client_connections, config->global.client_connection_rate,
         config->global.limit_exceptions, config->global.nlimit_exceptions);
-    server->mailbox_sessions =
-        calloc(config->nmailboxes ? config->nmailboxes : 1, sizeof *server->mailbox_sessions);
-    server->health = health_new(config);
-    unsigned nworkers = config->global.workers ? config->global.workers : worker_count_auto();
     server->workers = calloc(nworkers, sizeof *server->workers);
-    if (!server->clients || !server->mailbox_sessions || !server->health || !server->workers) {
+    if (!server->tickets || !server->clients || !server->workers) {
         log_error("out of memory");
+        config_free(config);
         return -1;
     }
+    server->current = generation_new(config, 1, nworkers, NULL, server->tickets);
+    if (!server->current)
+        return -1;
+    atomic_init(&server->current_number, 1);
     server->nworkers = nworkers;
     for (unsigned i = 0; i < nworkers; i++) {
         if (worker_init(&server->workers[i], server, i) < 0)
             return -1;
     }
-    log_sockets(config);
+    log_sockets(server->current);
+    return 0;
+}
+
+struct generation *server_generation(struct server *server)
+{
+    pthread_mutex_lock(&server->generation_lock);
+    struct generation *gen = generation_hold(server->current);
+    pthread_mutex_unlock(&server->generation_lock);
+    return gen;
+}
+
+/* The settings a reload cannot change: warned about, kept. */
+static void keep_fixed_settings(const struct config *running, struct config *next)
+{
+    const struct cfg_global *was = &running->global;
+    struct cfg_global *now = &next->global;
+    if (now->workers != was->workers) {
+        log_warn("%s: workers: a reload keeps the running %u; restart to change it", next->file,
+                 was->workers);
+        now->workers = was->workers;
+    }
+    bool same_user =
+        (!now->user && !was->user) || (now->user && was->user && strcmp(now->user, was->user) == 0);
+    if (!same_user)
+        log_warn("%s: user: a reload keeps running as %s; restart to change it", next->file,
+                 was->user ? was->user : "the starting user");
+}
+
+/* Logs what config_load() printed, one error per line. */
+static void log_config_errors(FILE *errors)
+{
+    char line[1024];
+    rewind(errors);
+    while (fgets(line, sizeof line, errors)) {
+        line[strcspn(line, "\n")] = '\0';
+        log_error("%s", line);
+    }
+}
+
+int server_reload(struct server *server)
+{
+    struct generation *running = server->current;
+    if (atomic_load(&server->draining)) {
+        log_warn("reload: stopping already; not reloading");
+        return -1;
+    }
+    log_info("reload: reading %s", server->config_path);
+    FILE *errors = tmpfile();
+    int nerrors = 0;
+    struct config *config = config_load(server->config_path, errors ? errors : stderr, &nerrors);
+    if (config && !config_runnable(config, errors ? errors : stderr)) {
+        config_free(config);
+        config = NULL;
+        nerrors = 1;
+    }
+    if (errors) {
+        log_config_errors(errors);
+        fclose(errors);
+    }
+    if (!config) {
+        log_error("reload refused: %s has %d error%s; still serving generation %u",
+                  server->config_path, nerrors, nerrors == 1 ? "" : "s", running->number);
+        return -1;
+    }
+    keep_fixed_settings(running->config, config);
+    unsigned number = running->number + 1;
+    struct generation *next =
+        generation_new(config, number, server->nworkers, running, server->tickets);
+    if (!next) {
+        log_error("reload refused; still serving generation %u", running->number);
+        return -1;
+    }
+    if (!server->log_level_fixed)
+        log_set_level(next->config->global.log_level);
+    apply_limits(server, next->config);
+    pthread_mutex_lock(&server->generation_lock);
+    server->current = next;
+    atomic_store(&server->current_number, number);
+    pthread_mutex_unlock(&server->generation_lock);
+    /* Worker 0 is this thread: it switches now; the others when woken. */
+    worker_switch(&server->workers[0]);
+    for (unsigned i = 1; i < server->nworkers; i++)
+        worker_wake(&server->workers[i]);
+    prober_stop(server->prober);
+    server->prober = prober_start(next, server->workers[0].loop);
+    log_sockets(next);
+    log_info("reloaded: generation %u serves new connections; sessions on earlier ones finish "
+             "there",
+             number);
+    generation_release(running); /* the server's reference */
     return 0;
 }
 
@@ -125,13 +208,17 @@ int server_run(struct server *server)
         return -1;
     }
     worker_start(&server->workers[0]);
-    const struct config *c = server->config;
+    const struct config *c = server->current->config;
     log_info("sallyport ready (%zu listener%s, %zu mailbox%s, %u worker%s)", c->nlisteners,
              c->nlisteners == 1 ? "" : "s", c->nmailboxes, c->nmailboxes == 1 ? "" : "es", started,
              started == 1 ? "" : "s");
-    struct prober *prober = prober_start(server, server->workers[0].loop);
+    server->prober = prober_start(server->current, server->workers[0].loop);
+    ev_timer_set(&server->ticket_rotation, TICKET_ROTATION, TICKET_ROTATION);
+    ev_timer_start(server->workers[0].loop, &server->ticket_rotation);
     ev_run(server->workers[0].loop, 0);
-    prober_stop(prober);
+    ev_timer_stop(server->workers[0].loop, &server->ticket_rotation);
+    prober_stop(server->prober);
+    server->prober = NULL;
     atomic_store(&server->running, false); /* no more wake-ups: the loops are ending */
     for (unsigned i = 1; i < started; i++)
         worker_join(&server->workers[i]);
@@ -156,23 +243,18 @@ void server_stop(struct server *server)
 {
     for (unsigned i = 0; i < server->nworkers; i++)
         worker_free(&server->workers[i]);
-    if (server->backend_ctx) {
-        for (size_t i = 0; i < server->config->nbackends; i++)
-            SSL_CTX_free(server->backend_ctx[i]);
-    }
-    free(server->backend_ctx);
     free(server->workers);
-    free((void *)server->mailbox_sessions);
-    tls_store_free(server->store);
+    generation_release(server->current);
+    tls_tickets_free(server->tickets);
     client_table_free(server->clients);
-    health_free(server->health);
     pthread_mutex_destroy(&server->clients_lock);
+    pthread_mutex_destroy(&server->generation_lock);
     memset(server, 0, sizeof *server);
 }
 
 bool server_reserve_session(struct server *server)
 {
-    unsigned max = server->config->global.max_connections;
+    unsigned max = atomic_load(&server->max_connections);
     unsigned n = atomic_load(&server->nsessions);
     do {
         if (n >= max)
@@ -184,7 +266,7 @@ bool server_reserve_session(struct server *server)
 void server_release_session(struct server *server)
 {
     unsigned before = atomic_fetch_sub(&server->nsessions, 1);
-    if (before < server->config->global.max_connections || !atomic_load(&server->running))
+    if (before < atomic_load(&server->max_connections) || !atomic_load(&server->running))
         return;
     /* This freed a slot at the limit: wake the workers waiting for one.
      * A worker sets its flag before it checks the count again, so either
@@ -211,10 +293,4 @@ void server_release_client(struct server *server, int slot)
     pthread_mutex_lock(&server->clients_lock);
     client_table_release(server->clients, slot);
     pthread_mutex_unlock(&server->clients_lock);
-}
-
-SSL_CTX *server_backend_ctx(const struct server *server, const struct cfg_backend *backend)
-{
-    size_t index = (size_t)(backend - server->config->backends);
-    return index < server->config->nbackends ? server->backend_ctx[index] : NULL;
 }

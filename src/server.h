@@ -1,11 +1,13 @@
-/* server — the running daemon: what its workers share. The loaded config,
- * the TLS contexts, the client table behind a lock, and the count of open
- * client sessions of all workers (max_connections), kept with atomics so a
- * limit holds for the whole process, not per worker. */
+/* server — the running daemon: what its workers share. The current
+ * generation (the loaded config and what was made from it, swapped by a
+ * reload), the session ticket keys, the client table behind a lock, and
+ * the count of open client sessions of all workers (max_connections),
+ * kept with atomics so a limit holds for the whole process, not per
+ * worker. */
 #ifndef SALLYPORT_SERVER_H
 #define SALLYPORT_SERVER_H
 
-#include <openssl/ssl.h>
+#include <ev.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdbool.h>
@@ -16,20 +18,30 @@
 #include "config.h"
 
 struct worker;
+struct generation;
+struct prober;
+struct tls_tickets;
 
 struct server {
-    const struct config *config;
-    struct tls_store *store; /* server certificates; NULL when none are configured */
-    SSL_CTX **backend_ctx;   /* per config->backends[i]; NULL if it has no TLS endpoint */
-    struct health *health;   /* backends marked down, round-robin turns */
+    const char *config_path; /* read again at a reload */
+    bool log_level_fixed;    /* -d: a reload keeps logging at debug level */
+    /* The generation new connections get; a reload swaps it under the lock.
+     * Workers compare `current_number` with their own to notice a swap. */
+    pthread_mutex_t generation_lock;
+    struct generation *current;
+    atomic_uint current_number;
+    struct tls_tickets *tickets; /* session ticket keys, the same across reloads */
+    ev_timer ticket_rotation;    /* worker 0's loop: a fresh ticket key now and then */
+    struct prober *prober;       /* the current generation's active checks (worker 0) */
     struct worker *workers;
     unsigned nworkers;
 
-    pthread_mutex_t clients_lock;  /* guards `clients` */
-    struct client_table *clients;  /* per-address counts and rates (the client limits) */
-    atomic_uint nsessions;         /* client sessions open or reserved, all workers */
-    atomic_uint *mailbox_sessions; /* per config->mailboxes[i], all workers */
-    atomic_bool running;           /* workers run their loops: they may be woken */
+    pthread_mutex_t clients_lock; /* guards `clients` */
+    struct client_table *clients; /* per-address counts and rates (the client limits) */
+    atomic_uint nsessions;        /* client sessions open or reserved, all workers */
+    atomic_uint max_connections;  /* the current generation's max_connections */
+    atomic_uint mailbox_sessions; /* mailbox sessions open, all workers and generations */
+    atomic_bool running;          /* workers run their loops: they may be woken */
     /* A graceful stop (SIGTERM): `draining` closes every listener and lets
      * sessions finish; `ending` (after shutdown_timeout) ends the rest with
      * the protocol's goodbye where one can be said. */
@@ -37,11 +49,11 @@ struct server {
     atomic_bool ending;
 };
 
-/* Loads TLS contexts (taking ownership of the config's certificate
- * contexts), sets up the shared state and every worker: loops, pools and
- * bound sockets. Nothing accepts yet. Returns 0, or -1 after logging what
- * failed; call server_stop() either way. */
-int server_start(struct server *server, struct config *config);
+/* Builds generation 1 from `config` (taking it over; `path` is where a
+ * reload reads it again): TLS contexts, bound sockets, the shared state
+ * and every worker: loops and pools. Nothing accepts yet. Returns 0, or -1
+ * after logging what failed; call server_stop() either way. */
+int server_start(struct server *server, struct config *config, const char *path);
 
 /* Starts every worker, runs worker 0's loop on the calling thread until it
  * is broken (a stop signal), then stops and joins the other workers.
@@ -58,6 +70,18 @@ void server_end_sessions(struct server *server);
  * made. The workers' loops must not be running. */
 void server_stop(struct server *server);
 
+/* SIGHUP, from worker 0's loop: reads the config file again and checks it
+ * as -t does, loads its certificates, keys and users files, and binds its
+ * new addresses. If any of that fails, it is logged and nothing changes.
+ * Otherwise the new generation serves every new connection (each worker
+ * switches when woken) while sessions finish on the one they started
+ * with. `workers` and `user` keep their running values (a restart changes
+ * them). Returns 0, or -1 when the reload was refused. */
+int server_reload(struct server *server);
+
+/* The current generation, with a reference the caller releases. Any thread. */
+struct generation *server_generation(struct server *server);
+
 /* Reserves one of max_connections for a connection about to be accepted.
  * Returns false when all are taken. */
 bool server_reserve_session(struct server *server);
@@ -71,8 +95,5 @@ void server_release_session(struct server *server);
 enum client_verdict server_admit_client(struct server *server, const struct sockaddr *peer,
                                         int *slot);
 void server_release_client(struct server *server, int slot);
-
-/* The backend TLS client context for a backend of the config. */
-SSL_CTX *server_backend_ctx(const struct server *server, const struct cfg_backend *backend);
 
 #endif

@@ -29,6 +29,7 @@
 #include "proxy_header.h"
 #include "relay.h"
 #include "route.h"
+#include "generation.h"
 #include "server.h"
 #include "session.h"
 #include "session_internal.h"
@@ -205,15 +206,16 @@ static void log_session(const struct session *s)
         in += s->relay.up.bytes - s->relay_preloaded;
         out += s->relay.down.bytes;
     }
-    log_msg(s->close_level,
-            "session listener=%s client=%s worker=%u sni=%s route=%s backend=%s backend_addr=%s "
-            "failed=%s mode=%s tls=%s cipher=%s bytes_in=%llu bytes_out=%llu duration=%.3fs "
-            "close=\"%s\"",
-            s->listener->name, sock_addr_format(&s->peer.sa, peer, sizeof peer), s->worker->id, sni,
-            s->route ? s->route->name : "-", s->target ? s->target->name : "-", backend_addr,
-            failed, s->mode == MODE_TERMINATE ? "terminate" : "passthrough", version, cipher,
-            (unsigned long long)in, (unsigned long long)out, ev_now(s->worker->loop) - s->started,
-            s->close_reason);
+    log_msg(
+        s->close_level,
+        "session listener=%s client=%s worker=%u gen=%u sni=%s route=%s backend=%s backend_addr=%s "
+        "failed=%s mode=%s tls=%s cipher=%s bytes_in=%llu bytes_out=%llu duration=%.3fs "
+        "close=\"%s\"",
+        s->listener->name, sock_addr_format(&s->peer.sa, peer, sizeof peer), s->worker->id,
+        s->gen->number, sni, s->route ? s->route->name : "-", s->target ? s->target->name : "-",
+        backend_addr, failed, s->mode == MODE_TERMINATE ? "terminate" : "passthrough", version,
+        cipher, (unsigned long long)in, (unsigned long long)out,
+        ev_now(s->worker->loop) - s->started, s->close_reason);
 }
 
 static void session_close(struct session *s, enum log_level level, const char *fmt, ...)
@@ -252,6 +254,7 @@ static void session_free(struct session *s)
     worker->nsessions--;
     server_release_client(s->server, s->client_slot);
     server_release_session(s->server);
+    generation_release(s->gen);
     free(s);
 }
 
@@ -317,7 +320,7 @@ static bool flush_client(struct session *s, int *wait)
 static void begin_client_tls(struct session *s)
 {
     s->starttls_pending = false;
-    session_arm_timer(s, s->server->config->global.handshake_timeout);
+    session_arm_timer(s, s->gen->config->global.handshake_timeout);
     session_enter(s, SESSION_CLIENTHELLO);
 }
 
@@ -426,7 +429,7 @@ static bool route_session(struct session *s, const char *sni)
     s->has_sni = sni != NULL;
     if (sni)
         snprintf(s->sni, sizeof s->sni, "%s", sni);
-    s->route = route_lookup(s->server->config->routes, s->server->config->nroutes, sni);
+    s->route = route_lookup(s->gen->config->routes, s->gen->config->nroutes, sni);
     return s->route != NULL;
 }
 
@@ -517,7 +520,7 @@ static void on_clienthello_io(struct session *s)
 static void terminate_client_tls(struct session *s)
 {
     struct buf *up = s->up;
-    SSL *ssl = tls_store_accept(s->server->store, s);
+    SSL *ssl = tls_store_accept(s->gen->store, s);
     if (!ssl || !conn_start_tls_replay(&s->client, ssl, up->data, up->len)) {
         session_close(s, LOG_LEVEL_ERROR, "out of memory for TLS");
         return;
@@ -560,8 +563,8 @@ static void on_client_handshake_io(struct session *s)
 
 void session_start_relay(struct session *s)
 {
-    health_served(s->server->health, HEALTH_SESSION, s->target, s->listener->service,
-                  s->target_addr, ev_now(s->worker->loop));
+    health_served(s->gen->health, HEALTH_SESSION, s->target, s->listener->service, s->target_addr,
+                  ev_now(s->worker->loop));
     s->relay_preloaded = buf_slot_len(s->up);
     relay_init(&s->relay, &s->client, &s->backend, &s->up, &s->down, session_bufs(s),
                session_pipes(s));
@@ -832,7 +835,7 @@ static void enter(struct session *s, enum session_state next, bool first)
 
 static void session_begin(struct session *s, bool first)
 {
-    const struct cfg_global *global = &s->server->config->global;
+    const struct cfg_global *global = &s->gen->config->global;
     if (s->service->tls == TLS_STARTTLS) {
         dialogue_server_init(&s->ds, s->listener->hostname, global->max_errors);
         if (!session_held(s, &s->down))
@@ -988,6 +991,7 @@ void session_start(struct listener *listener, int fd, const struct sockaddr *pee
     s->client_slot = slot;
     s->worker = worker;
     s->server = server;
+    s->gen = generation_hold(worker->gen);
     s->listener = cfg;
     s->mode = cfg->mode;
     s->service = service_info(cfg->service);
@@ -1010,7 +1014,7 @@ void session_start(struct listener *listener, int fd, const struct sockaddr *pee
 
     if (cfg->proxy_protocol) {
         s->state = SESSION_PROXY_HEADER; /* the initial state: nothing to log */
-        session_arm_timer(s, server->config->global.handshake_timeout);
+        session_arm_timer(s, s->gen->config->global.handshake_timeout);
     } else {
         session_begin(s, true);
     }

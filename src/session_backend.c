@@ -11,6 +11,7 @@
 
 #include "buf.h"
 #include "dialogue/dialogue.h"
+#include "generation.h"
 #include "health.h"
 #include "log.h"
 #include "proxy_header.h"
@@ -49,8 +50,7 @@ static bool choose_backend(struct session *s)
             const struct endpoint *ep = &b->endpoints[s->listener->service];
             uint32_t bit = 1u << (rank * ENDPOINT_MAX_ADDRS + addr);
             if (addr >= ep->naddrs || (s->tried & bit) ||
-                (pass == 0 &&
-                 health_is_down(s->server->health, b, s->listener->service, addr, now)))
+                (pass == 0 && health_is_down(s->gen->health, b, s->listener->service, addr, now)))
                 continue;
             s->tried |= bit;
             s->target = b;
@@ -72,7 +72,7 @@ static void try_backend(struct session *s, const char *why)
         return;
     }
     s->attempts++;
-    double timeout = s->server->config->global.connect_timeout;
+    double timeout = s->gen->config->global.connect_timeout;
     session_arm_timer(s, timeout < left ? timeout : left);
     session_enter(s, SESSION_CONNECTING);
     int fd = sock_connect(&s->endpoint->addrs[s->target_addr]);
@@ -93,9 +93,9 @@ static void try_backend(struct session *s, const char *why)
 void backend_connect(struct session *s)
 {
     if (s->route->balance == BALANCE_ROUNDROBIN)
-        s->turn = (uint8_t)(health_next_turn(s->server->health, s->route) % s->route->nbackends);
+        s->turn = (uint8_t)(health_next_turn(s->gen->health, s->route) % s->route->nbackends);
     s->backend_deadline = ev_now(s->worker->loop) +
-                          BACKEND_TIMEOUTS_MAX * (double)s->server->config->global.connect_timeout;
+                          BACKEND_TIMEOUTS_MAX * (double)s->gen->config->global.connect_timeout;
     try_backend(s, "no backend address to try");
 }
 
@@ -104,8 +104,8 @@ void backend_connect(struct session *s)
  * dropped, and the next one is tried. */
 void backend_failed(struct session *s, const char *why)
 {
-    health_failed(s->server->health, HEALTH_SESSION, s->target, s->listener->service,
-                  s->target_addr, ev_now(s->worker->loop), why);
+    health_failed(s->gen->health, HEALTH_SESSION, s->target, s->listener->service, s->target_addr,
+                  ev_now(s->worker->loop), why);
     size_t k = 0;
     while (k < s->route->nbackends && s->route->backends[k] != s->target)
         k++;
@@ -158,7 +158,7 @@ static void start_prelude(struct session *s, enum backend_mode mode)
 static void start_backend_tls(struct session *s)
 {
     const struct cfg_backend *backend = s->target;
-    SSL_CTX *ctx = server_backend_ctx(s->server, backend);
+    SSL_CTX *ctx = generation_backend_ctx(s->gen, backend);
     SSL *ssl =
         ctx ? tls_client_new(ctx, backend->tls_name ? backend->tls_name : s->endpoint->host) : NULL;
     if (!ssl) {

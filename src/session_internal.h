@@ -20,6 +20,7 @@
 
 struct worker;
 struct server;
+struct generation;
 
 enum session_state {
     SESSION_PROXY_HEADER,      /* proxy_protocol listener: the load balancer's header first */
@@ -36,8 +37,9 @@ enum session_state {
 };
 
 struct session {
-    struct worker *worker; /* the event loop it lives on */
-    struct server *server; /* what all workers share */
+    struct worker *worker;  /* the event loop it lives on */
+    struct server *server;  /* what all workers share */
+    struct generation *gen; /* held: the config it started on, until it closes */
     const struct cfg_listener *listener;
     const struct service_info *service;
     const struct dialogue *dialogue;

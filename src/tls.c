@@ -1,5 +1,9 @@
 #include <ctype.h>
+#include <pthread.h>
+#include <openssl/core_names.h>
 #include <openssl/err.h>
+#include <openssl/evp.h>
+#include <openssl/rand.h>
 #include <openssl/x509v3.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -19,7 +23,19 @@ struct store_entry {
     size_t nnames;
 };
 
+struct ticket_key {
+    unsigned char name[16];
+    unsigned char aes[32];  /* AES-256-CBC */
+    unsigned char hmac[32]; /* HMAC-SHA256 */
+};
+
+struct tls_tickets {
+    pthread_mutex_t lock;
+    struct ticket_key keys[TLS_TICKET_KEYS]; /* [0] the newest */
+};
+
 struct tls_store {
+    struct tls_tickets *tickets;
     struct store_entry *entries;
     size_t count;
     size_t default_index;
@@ -190,9 +206,115 @@ bool tls_name_matches(const char *pattern, const char *name)
     return dot && dot != name && strcasecmp(pattern + 1, dot) == 0;
 }
 
-struct tls_store *tls_store_new(void)
+/* Which SSL_CTX ex_data slot holds a context's tls_tickets. */
+static int tickets_index = -1;
+static pthread_once_t tickets_index_once = PTHREAD_ONCE_INIT;
+
+static void make_tickets_index(void)
 {
-    return calloc(1, sizeof(struct tls_store));
+    tickets_index = SSL_CTX_get_ex_new_index(0, NULL, NULL, NULL, NULL);
+}
+
+static int fresh_key(struct ticket_key *key)
+{
+    return RAND_bytes(key->name, sizeof key->name) == 1 &&
+                   RAND_priv_bytes(key->aes, sizeof key->aes) == 1 &&
+                   RAND_priv_bytes(key->hmac, sizeof key->hmac) == 1
+               ? 0
+               : -1;
+}
+
+struct tls_tickets *tls_tickets_new(void)
+{
+    pthread_once(&tickets_index_once, make_tickets_index);
+    struct tls_tickets *t = calloc(1, sizeof *t);
+    if (!t || tickets_index < 0)
+        goto fail;
+    for (int i = 0; i < TLS_TICKET_KEYS; i++) {
+        if (fresh_key(&t->keys[i]) < 0)
+            goto fail;
+    }
+    pthread_mutex_init(&t->lock, NULL);
+    return t;
+fail:
+    free(t);
+    ERR_clear_error();
+    return NULL;
+}
+
+int tls_tickets_rotate(struct tls_tickets *t)
+{
+    struct ticket_key key;
+    if (fresh_key(&key) < 0) {
+        ERR_clear_error();
+        return -1;
+    }
+    pthread_mutex_lock(&t->lock);
+    memmove(&t->keys[1], &t->keys[0], (TLS_TICKET_KEYS - 1) * sizeof t->keys[0]);
+    t->keys[0] = key;
+    pthread_mutex_unlock(&t->lock);
+    OPENSSL_cleanse(&key, sizeof key);
+    return 0;
+}
+
+void tls_tickets_free(struct tls_tickets *t)
+{
+    if (!t)
+        return;
+    pthread_mutex_destroy(&t->lock);
+    OPENSSL_cleanse(t->keys, sizeof t->keys);
+    free(t);
+}
+
+/* OpenSSL's ticket callback (SSL_CTX_set_tlsext_ticket_key_evp_cb): seal
+ * with the newest key; open with whichever key the ticket names, asking
+ * for a new ticket when it is not the newest. */
+static int on_ticket_key(SSL *ssl, unsigned char name[16], unsigned char iv[EVP_MAX_IV_LENGTH],
+                         EVP_CIPHER_CTX *cipher, EVP_MAC_CTX *mac, int seal)
+{
+    struct tls_tickets *t = SSL_CTX_get_ex_data(SSL_get_SSL_CTX(ssl), tickets_index);
+    if (!t)
+        return -1;
+    int found = -1, rc = -1;
+    pthread_mutex_lock(&t->lock);
+    if (seal) {
+        found = 0;
+        memcpy(name, t->keys[0].name, sizeof t->keys[0].name);
+        if (RAND_bytes(iv, 16) != 1)
+            goto out;
+    } else {
+        for (int i = 0; i < TLS_TICKET_KEYS && found < 0; i++) {
+            if (memcmp(name, t->keys[i].name, sizeof t->keys[i].name) == 0)
+                found = i;
+        }
+        if (found < 0) {
+            rc = 0; /* an unknown key: a full handshake */
+            goto out;
+        }
+    }
+    const struct ticket_key *key = &t->keys[found];
+    OSSL_PARAM params[] = {
+        OSSL_PARAM_construct_octet_string(OSSL_MAC_PARAM_KEY, (void *)key->hmac, sizeof key->hmac),
+        OSSL_PARAM_construct_utf8_string(OSSL_MAC_PARAM_DIGEST, (char *)"SHA256", 0),
+        OSSL_PARAM_construct_end(),
+    };
+    if (EVP_MAC_CTX_set_params(mac, params) != 1)
+        goto out;
+    int ok = seal ? EVP_EncryptInit_ex(cipher, EVP_aes_256_cbc(), NULL, key->aes, iv)
+                  : EVP_DecryptInit_ex(cipher, EVP_aes_256_cbc(), NULL, key->aes, iv);
+    if (ok == 1)
+        rc = found == 0 ? 1 : 2;
+out:
+    pthread_mutex_unlock(&t->lock);
+    return rc;
+}
+
+struct tls_store *tls_store_new(struct tls_tickets *tickets)
+{
+    struct tls_store *store = calloc(1, sizeof(struct tls_store));
+    if (store)
+        store->tickets = tickets;
+    return store;
 }
 
 /* Picks the entry for `sni`: an exact SAN match first, then a wildcard SAN,
@@ -270,6 +392,10 @@ bool tls_store_add(struct tls_store *store, SSL_CTX *ctx, bool is_default)
     SSL_CTX_set_tlsext_servername_callback(ctx, on_servername);
     SSL_CTX_set_tlsext_servername_arg(ctx, store);
     SSL_CTX_set_alpn_select_cb(ctx, on_alpn, store);
+    if (store->tickets) {
+        SSL_CTX_set_ex_data(ctx, tickets_index, store->tickets);
+        SSL_CTX_set_tlsext_ticket_key_evp_cb(ctx, on_ticket_key);
+    }
     if (is_default)
         store->default_index = store->count;
     store->count++;

@@ -31,6 +31,24 @@ SSL *tls_client_new(SSL_CTX *ctx, const char *name);
  * copies the caller frees with free(). Returns the count (<= max). */
 size_t tls_ctx_names(SSL_CTX *ctx, char **names, size_t max);
 
+/* Session ticket keys: one set for the whole process, used by every server
+ * context of every generation, so a client resumes its TLS session across
+ * reloads. New tickets are sealed with the newest key; tickets of the
+ * TLS_TICKET_KEYS - 1 keys before it still open (and are renewed). Any
+ * thread. */
+#define TLS_TICKET_KEYS 3
+struct tls_tickets;
+
+/* NULL when out of memory or out of randomness. */
+struct tls_tickets *tls_tickets_new(void);
+
+/* A fresh key for new tickets; the oldest one is forgotten. Returns 0, or
+ * -1 (the keys unchanged) when no randomness is available. */
+int tls_tickets_rotate(struct tls_tickets *tickets);
+
+/* Free once no context uses them any more. */
+void tls_tickets_free(struct tls_tickets *tickets);
+
 /* A set of server certificates, one picked per connection by SNI. */
 struct tls_store;
 
@@ -48,7 +66,9 @@ typedef int (*tls_alpn_check)(void *app, const unsigned char *list, unsigned len
  * the list does not offer it (a malformed list offers nothing). */
 int tls_alpn_find(const unsigned char *list, unsigned len, const char *name);
 
-struct tls_store *tls_store_new(void);
+/* A store whose contexts seal session tickets with `tickets` (NULL: each
+ * context its own OpenSSL keys). */
+struct tls_store *tls_store_new(struct tls_tickets *tickets);
 
 /* Adds a loaded server context; the store owns it from here on. The first one
  * added, or the one added with is_default, answers clients without SNI and

@@ -5,6 +5,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "generation.h"
 #include "listener.h"
 #include "log.h"
 #include "mailbox.h"
@@ -35,9 +36,7 @@ static void on_drain_check(struct ev_loop *loop, ev_timer *t, int revents)
     (void)revents;
     struct worker *w = t->data;
     struct server *server = w->server;
-    unsigned open = atomic_load(&server->nsessions);
-    for (size_t i = 0; i < server->config->nmailboxes; i++)
-        open += atomic_load(&server->mailbox_sessions[i]);
+    unsigned open = atomic_load(&server->nsessions) + atomic_load(&server->mailbox_sessions);
     if (open > 0)
         return;
     ev_timer_stop(loop, t);
@@ -54,7 +53,8 @@ static void worker_drain(struct worker *w)
         return;
     w->drain_started = true;
     for (size_t i = 0; i < w->nlisteners; i++)
-        listener_close(&w->listeners[i]);
+        listener_stop(&w->listeners[i]);
+    generation_close_sockets(w->gen, w->id, true);
     if (w->id != 0)
         return;
     ev_timer_init(&w->drain_check, on_drain_check, 0., 0.1);
@@ -78,10 +78,12 @@ static void worker_end(struct worker *w)
     }
     for (size_t i = 0; i < w->nmailboxes; i++)
         mailbox_goodbye(w->mailboxes[i]);
+    for (size_t i = 0; i < w->nretired; i++)
+        mailbox_goodbye(w->retired[i]);
 }
 
-/* Another thread woke the worker: leave the loop, accept again, or stop
- * gracefully. */
+/* Another thread woke the worker: leave the loop, move to a new
+ * generation, accept again, or stop gracefully. */
 static void on_wake(struct ev_loop *loop, ev_async *a, int revents)
 {
     (void)revents;
@@ -90,6 +92,9 @@ static void on_wake(struct ev_loop *loop, ev_async *a, int revents)
         ev_break(loop, EVBREAK_ALL);
         return;
     }
+    if (!atomic_load(&w->server->draining) &&
+        atomic_load(&w->server->current_number) != w->gen->number)
+        worker_switch(w);
     if (atomic_load(&w->server->draining))
         worker_drain(w);
     if (atomic_load(&w->server->ending))
@@ -98,11 +103,99 @@ static void on_wake(struct ev_loop *loop, ev_async *a, int revents)
         worker_resume_at_limit(w);
 }
 
+/* Frees the retired mailboxes whose last session has closed. */
+static void on_sweep(struct ev_loop *loop, ev_timer *t, int revents)
+{
+    (void)revents;
+    struct worker *w = t->data;
+    size_t kept = 0;
+    for (size_t i = 0; i < w->nretired; i++) {
+        if (mailbox_session_count(w->retired[i]) == 0)
+            mailbox_stop(w->retired[i]);
+        else
+            w->retired[kept++] = w->retired[i];
+    }
+    w->nretired = kept;
+    if (kept == 0)
+        ev_timer_stop(loop, t);
+}
+
+/* Listeners and mailboxes for w->gen, on its sockets. Returns 0, or -1
+ * (logged) when out of memory. */
+static int worker_open(struct worker *w)
+{
+    const struct config *config = w->gen->config;
+    w->listeners = calloc(config->nlisteners ? config->nlisteners : 1, sizeof *w->listeners);
+    w->mailboxes = calloc(config->nmailboxes ? config->nmailboxes : 1, sizeof *w->mailboxes);
+    if (!w->listeners || !w->mailboxes) {
+        log_error("worker %u: out of memory", w->id);
+        return -1;
+    }
+    for (size_t i = 0; i < config->nmailboxes; i++) {
+        w->mailboxes[i] =
+            mailbox_start(w->loop, w->gen, i, w->id, &w->bufs, &w->server->mailbox_sessions);
+        if (!w->mailboxes[i])
+            return -1;
+        w->nmailboxes++;
+    }
+    for (size_t i = 0; i < config->nlisteners; i++) {
+        listener_init(&w->listeners[i], w, &config->listeners[i],
+                      w->gen->listener_fds[i * w->gen->nworkers + w->id]);
+        w->nlisteners++;
+    }
+    return 0;
+}
+
+/* Stops accepting on w->gen's listeners and mailboxes and closes the
+ * worker's sockets of it; mailboxes with sessions are kept as retired. */
+static void worker_close(struct worker *w)
+{
+    for (size_t i = 0; i < w->nlisteners; i++)
+        listener_stop(&w->listeners[i]);
+    struct mailbox **grown = realloc(w->retired, (w->nretired + w->nmailboxes + 1) * sizeof *grown);
+    if (grown)
+        w->retired = grown;
+    for (size_t i = 0; i < w->nmailboxes; i++) {
+        mailbox_retire(w->mailboxes[i]);
+        if (grown && mailbox_session_count(w->mailboxes[i]) > 0)
+            w->retired[w->nretired++] = w->mailboxes[i];
+        else
+            mailbox_stop(w->mailboxes[i]); /* no room to keep it: its sessions end */
+    }
+    if (w->nretired > 0 && !ev_is_active(&w->sweep))
+        ev_timer_again(w->loop, &w->sweep);
+    free(w->listeners);
+    free(w->mailboxes);
+    w->listeners = NULL;
+    w->mailboxes = NULL;
+    w->nlisteners = w->nmailboxes = 0;
+    if (w->gen)
+        generation_close_sockets(w->gen, w->id, false);
+}
+
+void worker_switch(struct worker *w)
+{
+    struct generation *next = server_generation(w->server);
+    if (next == w->gen) {
+        generation_release(next);
+        return;
+    }
+    worker_close(w);
+    generation_release(w->gen);
+    w->gen = next;
+    if (worker_open(w) < 0) {
+        log_error("worker %u: cannot accept for generation %u", w->id, next->number);
+        return;
+    }
+    log_debug("worker %u: accepting for generation %u", w->id, next->number);
+    if (!atomic_load(&w->paused_at_limit)) {
+        for (size_t i = 0; i < w->nlisteners; i++)
+            listener_start(&w->listeners[i]);
+    }
+}
+
 int worker_init(struct worker *w, struct server *server, unsigned id)
 {
-    const struct config *config = server->config;
-    bool shared = server->nworkers > 1;
-    char err[256];
     memset(w, 0, sizeof *w);
     w->server = server;
     w->id = id;
@@ -110,36 +203,18 @@ int worker_init(struct worker *w, struct server *server, unsigned id)
     atomic_init(&w->paused_at_limit, false);
     buf_pool_init(&w->bufs, SPARE_BUFFERS_MAX);
     w->loop = id == 0 ? ev_default_loop(0) : ev_loop_new(EVFLAG_AUTO);
-    w->listeners = calloc(config->nlisteners ? config->nlisteners : 1, sizeof *w->listeners);
-    w->mailboxes = calloc(config->nmailboxes ? config->nmailboxes : 1, sizeof *w->mailboxes);
-    if (!w->loop || !w->listeners || !w->mailboxes ||
-        pipe_pool_init(&w->pipes, SPARE_PIPES_MAX) < 0) {
+    if (!w->loop || pipe_pool_init(&w->pipes, SPARE_PIPES_MAX) < 0) {
         log_error("worker %u: out of memory", id);
         return -1;
     }
     ev_async_init(&w->wake, on_wake);
     w->wake.data = w;
     ev_async_start(w->loop, &w->wake);
-    for (size_t i = 0; i < config->nmailboxes; i++) {
-        const struct cfg_mailbox *m = &config->mailboxes[i];
-        w->mailboxes[i] = mailbox_start(w->loop, m, &config->global, &w->bufs, shared,
-                                        &server->mailbox_sessions[i], err, sizeof err);
-        if (!w->mailboxes[i]) {
-            log_error("%s:%d: mailbox %s: %s", config->file, m->line, m->name, err);
-            return -1;
-        }
-        w->nmailboxes++;
-    }
-    for (size_t i = 0; i < config->nlisteners; i++) {
-        const struct cfg_listener *l = &config->listeners[i];
-        w->listeners[i].fd = -1;
-        if (listener_open(&w->listeners[i], w, l, shared, err, sizeof err) < 0) {
-            log_error("%s:%d: listener %s: %s", config->file, l->line, l->name, err);
-            return -1;
-        }
-        w->nlisteners++;
-    }
-    return 0;
+    ev_init(&w->sweep, on_sweep);
+    w->sweep.repeat = 1.0;
+    w->sweep.data = w;
+    w->gen = server_generation(server);
+    return worker_open(w);
 }
 
 static void *worker_main(void *arg)
@@ -164,7 +239,7 @@ int worker_start(struct worker *w)
     if (rc != 0) {
         log_error("worker %u: cannot start a thread: %s", w->id, strerror(rc));
         for (size_t i = 0; i < w->nlisteners; i++)
-            listener_close(&w->listeners[i]);
+            listener_stop(&w->listeners[i]);
         return -1;
     }
     w->threaded = true;
@@ -196,14 +271,14 @@ void worker_pause_at_limit(struct worker *w)
     atomic_store(&w->paused_at_limit, true);
     /* A slot may have freed since the reservation failed, before the flag
      * was up for server_release_session() to see. */
-    if (atomic_load(&w->server->nsessions) < w->server->config->global.max_connections)
+    if (atomic_load(&w->server->nsessions) < atomic_load(&w->server->max_connections))
         worker_resume_at_limit(w);
 }
 
 void worker_resume_at_limit(struct worker *w)
 {
     if (!atomic_load(&w->paused_at_limit) ||
-        atomic_load(&w->server->nsessions) >= w->server->config->global.max_connections)
+        atomic_load(&w->server->nsessions) >= atomic_load(&w->server->max_connections))
         return;
     atomic_store(&w->paused_at_limit, false);
     for (size_t i = 0; i < w->nlisteners; i++) {
@@ -216,20 +291,28 @@ void worker_free(struct worker *w)
 {
     if (!w->server)
         return;
-    if (w->loop)
+    if (w->loop) {
         ev_timer_stop(w->loop, &w->drain_check);
+        ev_timer_stop(w->loop, &w->sweep);
+    }
     for (size_t i = 0; i < w->nlisteners; i++)
-        listener_close(&w->listeners[i]);
+        listener_stop(&w->listeners[i]);
     while (w->sessions)
         session_abort(w->sessions, "shutting down");
     for (size_t i = 0; i < w->nmailboxes; i++)
         mailbox_stop(w->mailboxes[i]);
+    for (size_t i = 0; i < w->nretired; i++)
+        mailbox_stop(w->retired[i]);
+    if (w->gen)
+        generation_close_sockets(w->gen, w->id, false);
+    generation_release(w->gen);
     if (w->loop)
         ev_async_stop(w->loop, &w->wake);
     buf_pool_drain(&w->bufs);
     pipe_pool_free(&w->pipes);
     free(w->listeners);
     free(w->mailboxes);
+    free(w->retired);
     if (w->loop)
         ev_loop_destroy(w->loop);
     memset(w, 0, sizeof *w);

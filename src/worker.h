@@ -1,8 +1,8 @@
 /* worker — one event loop and everything that belongs to it: its listening
  * sockets (one per [listener] and [mailbox] section), its sessions and their
  * timers, and its buffer and pipe pools. A worker never touches another
- * worker's objects; what workers share lives in struct server (the config,
- * TLS contexts, the client table and the connection count).
+ * worker's objects; what workers share lives in struct server (the current
+ * generation, the client table and the connection count).
  *
  * Worker 0 runs on the main thread's default loop, which also takes the
  * signals; workers 1.. each run a thread of their own (`workers = N`). With
@@ -24,6 +24,7 @@ struct server;
 struct session;
 struct listener;
 struct mailbox;
+struct generation;
 
 struct worker {
     struct server *server;
@@ -40,10 +41,16 @@ struct worker {
     bool ended;           /* goodbyes said (server->ending) */
     ev_timer drain_check; /* while draining: is every session gone? */
 
-    struct listener *listeners; /* one per config listener */
+    struct generation *gen;     /* held: what its listeners accept for */
+    struct listener *listeners; /* one per listener of gen's config */
     size_t nlisteners;
-    struct mailbox **mailboxes; /* one per config mailbox */
+    struct mailbox **mailboxes; /* one per mailbox of gen's config */
     size_t nmailboxes;
+    /* Mailboxes of earlier generations, no longer accepting, whose
+     * sessions go on; freed by `sweep` once they have none. */
+    struct mailbox **retired;
+    size_t nretired;
+    ev_timer sweep;
 
     struct session *sessions; /* its live sessions, a doubly linked list */
     unsigned nsessions;
@@ -56,10 +63,17 @@ struct worker {
 };
 
 /* Sets up worker `id` of `server`: its loop (the default loop for worker 0),
- * its pools, and its sockets, bound and listening (SO_REUSEPORT when the
- * server has several workers). Returns 0, or -1 after logging what failed;
- * worker_free() cleans up either way. */
+ * its pools, and its listeners and mailboxes on the current generation's
+ * sockets. Returns 0, or -1 after logging what failed; worker_free()
+ * cleans up either way. */
 int worker_init(struct worker *w, struct server *server, unsigned id);
+
+/* On the worker's own thread, after a reload: moves its listeners and
+ * mailboxes to the server's current generation (sockets of addresses that
+ * stay are the same sockets: nothing queued is lost), retires the old
+ * mailboxes and closes its sockets of the generation it leaves. Sessions
+ * keep the generation they started on. */
+void worker_switch(struct worker *w);
 
 /* Starts accepting: worker 0 on the caller's thread (the caller then runs
  * its loop), any other on a new thread. Returns 0, or -1 after logging. */

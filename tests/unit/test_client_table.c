@@ -57,6 +57,30 @@ static void test_count_limit(void **state)
     client_table_free(t);
 }
 
+/* A reload's new limits apply to the counts kept so far. */
+static void test_new_limits_keep_counts(void **state)
+{
+    (void)state;
+    struct client_prefix loopback;
+    assert_int_equal(client_prefix_parse("127.0.0.0/8", &loopback), 0);
+    struct client_table *t = client_table_new(64, 3, 0, NULL, 0);
+    int slots[2], slot;
+    for (int i = 0; i < 2; i++)
+        assert_int_equal(admit(t, "127.0.0.1", 0, &slots[i]), CLIENT_ADMITTED);
+    assert_int_equal(client_table_set_limits(t, 2, 0, NULL, 0), 0);
+    assert_int_equal(admit(t, "127.0.0.1", 0, &slot), CLIENT_TOO_MANY);
+    client_table_release(t, slots[0]);
+    assert_int_equal(admit(t, "127.0.0.1", 0, &slots[0]), CLIENT_ADMITTED);
+    /* Exceptions can change too; counted connections still release. */
+    assert_int_equal(client_table_set_limits(t, 2, 0, &loopback, 1), 0);
+    assert_int_equal(admit(t, "127.0.0.1", 0, &slot), CLIENT_ADMITTED);
+    assert_int_equal(slot, -1);
+    client_table_release(t, slots[0]);
+    client_table_release(t, slots[1]);
+    assert_int_equal(count(t, "127.0.0.1"), 0);
+    client_table_free(t);
+}
+
 static void test_rate_limit(void **state)
 {
     (void)state;
@@ -229,6 +253,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_count_limit),
+        cmocka_unit_test(test_new_limits_keep_counts),
         cmocka_unit_test(test_rate_limit),
         cmocka_unit_test(test_ipv6_counted_by_64),
         cmocka_unit_test(test_ipv4_mapped_is_ipv4),
