@@ -21,7 +21,8 @@ LIB_OBJS := $(filter-out $(BUILD)/src/main.o,$(OBJS))
 
 BIN      ?= sallyport
 
-.PHONY: all deps check unit integration demo clean format format-check clang asan tsan valgrind bench
+.PHONY: all deps check unit integration demo clean format format-check clang asan tsan valgrind bench \
+	install uninstall
 all: $(BIN)
 
 $(BIN): $(OBJS)
@@ -85,7 +86,10 @@ VALGRIND_TESTS ?= test_smtp_modes.py::test_mailbox_end_to_end \
 	test_limits.py::test_max_client_connections \
 	test_xclient.py::test_client_sees_one_greeting_and_backend_gets_exact_command \
 	test_backend_pool.py::test_a_failing_first_backend_is_passed_over \
-	test_backend_pool.py::test_checks_mark_a_backend_down_and_up_without_any_client
+	test_backend_pool.py::test_checks_mark_a_backend_down_and_up_without_any_client \
+	test_reload.py::test_listeners_added_and_removed \
+	test_reload.py::test_tls_sessions_resume_across_a_reload \
+	test_reload.py::test_a_broken_config_is_refused_and_service_goes_on
 valgrind: $(BIN)
 	cd tests/integration && SALLYPORT=$(abspath $(BIN)) \
 	    SALLYPORT_WRAPPER="valgrind -q --error-exitcode=99 --leak-check=full \
@@ -95,7 +99,7 @@ valgrind: $(BIN)
 # The tests that run several workers (threads), against a ThreadSanitizer
 # build: a data race is reported in the daemon's log, which fails the test.
 TSAN_VARS := CC=clang BUILD=build/tsan BIN=build/tsan/sallyport OPT="-O1 -g -fsanitize=thread"
-TSAN_TESTS ?= test_workers.py test_pooled_relay.py
+TSAN_TESTS ?= test_workers.py test_pooled_relay.py test_reload.py
 tsan:
 	$(MAKE) $(TSAN_VARS) build/tsan/sallyport
 	cd tests/integration && SALLYPORT=$(abspath build/tsan/sallyport) \
@@ -151,6 +155,34 @@ check: deps
 demo: deps
 	$(MAKE) all
 	sh scripts/demo.sh
+
+# make install [PREFIX=/usr/local] [DESTDIR=] [SYSCONFDIR=/etc]: the binary,
+# both man pages, an example config, the systemd unit (its paths filled in)
+# and the sysusers.d entry for the user the unit runs as.
+PREFIX      ?= /usr/local
+SBINDIR     ?= $(PREFIX)/sbin
+MANDIR      ?= $(PREFIX)/share/man
+DOCDIR      ?= $(PREFIX)/share/doc/sallyport
+SYSCONFDIR  ?= /etc
+UNITDIR     ?= $(PREFIX)/lib/systemd/system
+SYSUSERSDIR ?= $(PREFIX)/lib/sysusers.d
+install: $(BIN)
+	install -D -m 0755 $(BIN) $(DESTDIR)$(SBINDIR)/sallyport
+	install -D -m 0644 docs/sallyport.8 $(DESTDIR)$(MANDIR)/man8/sallyport.8
+	install -D -m 0644 docs/sallyport.conf.5 $(DESTDIR)$(MANDIR)/man5/sallyport.conf.5
+	install -D -m 0644 dist/sallyport.conf $(DESTDIR)$(DOCDIR)/examples/sallyport.conf
+	install -D -m 0644 docs/OPERATIONS.md $(DESTDIR)$(DOCDIR)/OPERATIONS.md
+	@mkdir -p $(DESTDIR)$(UNITDIR)
+	sed -e 's|@SBINDIR@|$(SBINDIR)|g' -e 's|@SYSCONFDIR@|$(SYSCONFDIR)|g' \
+	    dist/sallyport.service.in > $(DESTDIR)$(UNITDIR)/sallyport.service
+	chmod 0644 $(DESTDIR)$(UNITDIR)/sallyport.service
+	install -D -m 0644 dist/sallyport.sysusers $(DESTDIR)$(SYSUSERSDIR)/sallyport.conf
+
+uninstall:
+	rm -f $(DESTDIR)$(SBINDIR)/sallyport $(DESTDIR)$(MANDIR)/man8/sallyport.8 \
+	    $(DESTDIR)$(MANDIR)/man5/sallyport.conf.5 $(DESTDIR)$(DOCDIR)/examples/sallyport.conf \
+	    $(DESTDIR)$(DOCDIR)/OPERATIONS.md $(DESTDIR)$(UNITDIR)/sallyport.service \
+	    $(DESTDIR)$(SYSUSERSDIR)/sallyport.conf
 
 FORMATTED := $(wildcard src/*.[ch] src/dialogue/*.[ch] tests/unit/*.[ch] fuzz/*.c bench/*.[ch])
 format:

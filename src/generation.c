@@ -1,5 +1,4 @@
 #include <errno.h>
-#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -39,6 +38,10 @@ static int load_tls(struct generation *gen, struct tls_tickets *tickets)
         tls_store_set_sni_check(gen->store, session_route_by_sni);
         tls_store_set_alpn_check(gen->store, session_check_alpn);
     }
+    for (size_t i = 0; tickets && i < config->nmailboxes; i++) {
+        if (config->mailboxes[i].ctx)
+            tls_ctx_use_tickets(config->mailboxes[i].ctx, tickets);
+    }
     gen->backend_ctx = calloc(config->nbackends ? config->nbackends : 1, sizeof(SSL_CTX *));
     if (!gen->backend_ctx)
         return -1;
@@ -62,7 +65,7 @@ static bool same_address(const struct sock_addr *a, const struct sock_addr *b)
 
 /* The previous generation's sockets for `addr` (listener or mailbox), a
  * row of nworkers descriptors, or NULL when it did not listen there. */
-static const int *previous_sockets(const struct generation *prev, const struct sock_addr *addr)
+static int *previous_sockets(struct generation *prev, const struct sock_addr *addr)
 {
     if (!prev)
         return NULL;
@@ -77,20 +80,36 @@ static const int *previous_sockets(const struct generation *prev, const struct s
     return NULL;
 }
 
-/* Fills row[0..nworkers) with sockets on `addr`: the previous generation's,
- * duplicated, or new ones. Returns 0, or -1 with the reason in err. */
-static int open_row(struct generation *gen, const struct generation *prev,
-                    const struct sock_addr *addr, int *row, char *err, size_t errlen)
+/* Sockets being built: [0] the listeners', [1] the mailboxes'; for each,
+ * where in the previous generation it was taken over from (NULL: bound
+ * here). The same descriptor is handed over, not a dup(): the epoll set
+ * of its worker keeps one registration per descriptor and open socket, so
+ * a closed duplicate would leave a stale one behind. */
+struct handover {
+    int **from[2];
+    size_t count[2];
+};
+
+static bool taken_already(const struct handover *h, const int *slot)
 {
-    const int *old = previous_sockets(prev, addr);
+    for (int kind = 0; kind < 2; kind++)
+        for (size_t i = 0; i < h->count[kind]; i++)
+            if (h->from[kind][i] == slot)
+                return true;
+    return false;
+}
+
+/* Fills row[0..nworkers) with sockets on `addr`: the previous generation's
+ * (noted in `from`), or new ones. Returns 0, or -1 with the reason in err. */
+static int open_row(struct generation *gen, struct generation *prev, const struct handover *h,
+                    const struct sock_addr *addr, int *row, int **from, char *err, size_t errlen)
+{
+    int *old = previous_sockets(prev, addr);
     bool shared = gen->nworkers > 1;
     for (unsigned k = 0; k < gen->nworkers; k++) {
-        if (old && old[k] >= 0) {
-            row[k] = fcntl(old[k], F_DUPFD_CLOEXEC, 0);
-            if (row[k] < 0) {
-                snprintf(err, errlen, "cannot keep the socket: %s", strerror(errno));
-                return -1;
-            }
+        if (old && old[k] >= 0 && !taken_already(h, &old[k])) {
+            row[k] = old[k];
+            from[k] = &old[k];
         } else {
             row[k] = sock_listen(addr, shared, err, errlen);
             if (row[k] < 0)
@@ -100,36 +119,62 @@ static int open_row(struct generation *gen, const struct generation *prev,
     return 0;
 }
 
-static int open_sockets(struct generation *gen, const struct generation *prev)
+static int open_sockets(struct generation *gen, struct generation *prev, struct handover *h)
 {
     const struct config *config = gen->config;
     unsigned n = gen->nworkers;
+    size_t rows[2] = {config->nlisteners * n, config->nmailboxes * n};
     char err[256];
-    gen->listener_fds = malloc((config->nlisteners ? config->nlisteners : 1) * n * sizeof(int));
-    gen->mailbox_fds = malloc((config->nmailboxes ? config->nmailboxes : 1) * n * sizeof(int));
-    if (!gen->listener_fds || !gen->mailbox_fds) {
+    gen->listener_fds = malloc((rows[0] ? rows[0] : 1) * sizeof(int));
+    gen->mailbox_fds = malloc((rows[1] ? rows[1] : 1) * sizeof(int));
+    h->from[0] = calloc(rows[0] ? rows[0] : 1, sizeof(int *));
+    h->from[1] = calloc(rows[1] ? rows[1] : 1, sizeof(int *));
+    for (size_t i = 0; gen->listener_fds && i < rows[0]; i++)
+        gen->listener_fds[i] = -1;
+    for (size_t i = 0; gen->mailbox_fds && i < rows[1]; i++)
+        gen->mailbox_fds[i] = -1;
+    if (!gen->listener_fds || !gen->mailbox_fds || !h->from[0] || !h->from[1]) {
         log_error("out of memory");
         return -1;
     }
-    for (size_t i = 0; i < config->nlisteners * n; i++)
-        gen->listener_fds[i] = -1;
-    for (size_t i = 0; i < config->nmailboxes * n; i++)
-        gen->mailbox_fds[i] = -1;
+    h->count[0] = rows[0];
+    h->count[1] = rows[1];
     for (size_t i = 0; i < config->nmailboxes; i++) {
         const struct cfg_mailbox *m = &config->mailboxes[i];
-        if (open_row(gen, prev, &m->addr, &gen->mailbox_fds[i * n], err, sizeof err) < 0) {
+        if (open_row(gen, prev, h, &m->addr, &gen->mailbox_fds[i * n], &h->from[1][i * n], err,
+                     sizeof err) < 0) {
             log_error("%s:%d: mailbox %s: %s", config->file, m->line, m->name, err);
             return -1;
         }
     }
     for (size_t i = 0; i < config->nlisteners; i++) {
         const struct cfg_listener *l = &config->listeners[i];
-        if (open_row(gen, prev, &l->addr, &gen->listener_fds[i * n], err, sizeof err) < 0) {
+        if (open_row(gen, prev, h, &l->addr, &gen->listener_fds[i * n], &h->from[0][i * n], err,
+                     sizeof err) < 0) {
             log_error("%s:%d: listener %s: %s", config->file, l->line, l->name, err);
             return -1;
         }
     }
     return 0;
+}
+
+/* Done: the taken-over sockets are the new generation's (the previous one
+ * no longer closes them); failed: they stay the previous one's (the new
+ * one must not close them). */
+static void end_handover(struct generation *gen, struct handover *h, bool done)
+{
+    int *fds[2] = {gen->listener_fds, gen->mailbox_fds};
+    for (int kind = 0; kind < 2; kind++) {
+        for (size_t i = 0; h->from[kind] && i < h->count[kind]; i++) {
+            if (!h->from[kind][i])
+                continue;
+            if (done)
+                *h->from[kind][i] = -1;
+            else
+                fds[kind][i] = -1;
+        }
+        free(h->from[kind]);
+    }
 }
 
 /* The mailboxes' maildirs (created if missing) and users files, one
@@ -199,8 +244,9 @@ static void generation_free(struct generation *gen)
 }
 
 struct generation *generation_new(struct config *config, unsigned number, unsigned nworkers,
-                                  const struct generation *previous, struct tls_tickets *tickets)
+                                  struct generation *previous, struct tls_tickets *tickets)
 {
+    struct handover handover = {0};
     struct generation *gen = calloc(1, sizeof *gen);
     if (!gen) {
         log_error("out of memory");
@@ -222,10 +268,12 @@ struct generation *generation_new(struct config *config, unsigned number, unsign
     }
     if (previous)
         health_carry(gen->health, previous->health);
-    if (prepare_mailboxes(gen) < 0 || open_sockets(gen, previous) < 0)
+    if (prepare_mailboxes(gen) < 0 || open_sockets(gen, previous, &handover) < 0)
         goto fail;
+    end_handover(gen, &handover, true);
     return gen;
 fail:
+    end_handover(gen, &handover, false);
     generation_free(gen);
     return NULL;
 }

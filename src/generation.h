@@ -9,8 +9,9 @@
  * never changes what a session in flight sees. The last reference frees it.
  *
  * Sockets: an address that the previous generation already listens on is
- * taken over (dup(), so no connection is refused in between), a new one is
- * bound here. Each socket exists once per worker; worker k is the only one
+ * taken over (the same descriptor, so no connection is refused in between;
+ * the previous generation then no longer closes it), a new one is bound
+ * here. Each socket exists once per worker; worker k is the only one
  * that touches column k: it takes what it listens on when it switches to a
  * generation and closes that column when it leaves it (closing an address
  * that the next generation dropped). What no worker ever took is closed
@@ -49,13 +50,14 @@ struct generation {
 };
 
 /* Builds a generation from `config` (taking it over: it is freed with the
- * generation, or here on failure). `previous` (NULL at start-up) lends its
- * sockets for addresses that stay and its backends' health, by name.
+ * generation, or here on failure). `previous` (NULL at start-up; main
+ * thread, the current generation) hands over its sockets for addresses
+ * that stay, on success only, and lends its backends' health, by name.
  * Everything that can fail is done here: TLS contexts, binding, users
  * files, maildirs. Returns a generation with one reference, or NULL after
  * logging each error with file, line and key. */
 struct generation *generation_new(struct config *config, unsigned number, unsigned nworkers,
-                                  const struct generation *previous, struct tls_tickets *tickets);
+                                  struct generation *previous, struct tls_tickets *tickets);
 
 /* Takes a reference (any thread). */
 struct generation *generation_hold(struct generation *gen);

@@ -1,11 +1,13 @@
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <string.h>
 #include <time.h>
 
 #include "log.h"
 
-static enum log_level current_level = LOG_LEVEL_INFO;
+/* Set by the main thread (start-up, a reload), read by every worker. */
+static _Atomic int current_level = LOG_LEVEL_INFO;
 
 static const char *const level_names[] = {
     [LOG_LEVEL_DEBUG] = "debug",
@@ -16,12 +18,12 @@ static const char *const level_names[] = {
 
 void log_set_level(enum log_level level)
 {
-    current_level = level;
+    atomic_store_explicit(&current_level, (int)level, memory_order_relaxed);
 }
 
 enum log_level log_get_level(void)
 {
-    return current_level;
+    return (enum log_level)atomic_load_explicit(&current_level, memory_order_relaxed);
 }
 
 int log_level_parse(const char *text, enum log_level *out)
@@ -37,7 +39,7 @@ int log_level_parse(const char *text, enum log_level *out)
 
 void log_msg(enum log_level level, const char *fmt, ...)
 {
-    if (level < current_level)
+    if ((int)level < atomic_load_explicit(&current_level, memory_order_relaxed))
         return;
     char stamp[32];
     struct timespec now;

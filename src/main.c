@@ -13,6 +13,7 @@
 #include "config.h"
 #include "generation.h"
 #include "log.h"
+#include "notify.h"
 #include "server.h"
 
 #define SALLYPORT_VERSION "0.1.0"
@@ -68,6 +69,7 @@ static void on_stop_signal(struct ev_loop *loop, ev_signal *w, int revents)
              "(signal again to stop at once)",
              w->signum, timeout);
     st->phase = 1;
+    notify_stopping();
     ev_timer_init(&st->timer, on_stop_timer, timeout, 0.);
     st->timer.data = st;
     ev_timer_start(loop, &st->timer);
@@ -156,6 +158,7 @@ int main(int argc, char **argv)
     log_set_level(debug ? LOG_LEVEL_DEBUG : config->global.log_level);
     signal(SIGPIPE, SIG_IGN);
 
+    notify_open();
     const char *user = config->global.user ? strdup(config->global.user) : NULL;
     struct server server;
     int started = server_start(&server, config, path); /* the config is the server's now */
@@ -163,6 +166,7 @@ int main(int argc, char **argv)
     if (started < 0 || (user && drop_privileges(user) < 0)) {
         server_stop(&server);
         free((void *)user);
+        notify_close();
         return 1;
     }
     free((void *)user);
@@ -185,6 +189,7 @@ int main(int argc, char **argv)
     ev_signal_stop(loop, &sigint);
     ev_signal_stop(loop, &sighup);
     server_stop(&server);
+    notify_close();
     log_info("sallyport stopped");
     return rc;
 }

@@ -8,6 +8,7 @@
 #include "listener.h"
 #include "log.h"
 #include "mailbox.h"
+#include "notify.h"
 #include "probe.h"
 #include "server.h"
 #include "session.h"
@@ -138,6 +139,16 @@ static void log_config_errors(FILE *errors)
     }
 }
 
+/* The service manager's word after a reload, done or refused. */
+static int reload_done(const struct server *server, int rc)
+{
+    char status[128];
+    snprintf(status, sizeof status, "%s; serving generation %u",
+             rc == 0 ? "reloaded" : "reload refused", server->current->number);
+    notify_ready(status);
+    return rc;
+}
+
 int server_reload(struct server *server)
 {
     struct generation *running = server->current;
@@ -145,6 +156,7 @@ int server_reload(struct server *server)
         log_warn("reload: stopping already; not reloading");
         return -1;
     }
+    notify_reloading();
     log_info("reload: reading %s", server->config_path);
     FILE *errors = tmpfile();
     int nerrors = 0;
@@ -161,7 +173,7 @@ int server_reload(struct server *server)
     if (!config) {
         log_error("reload refused: %s has %d error%s; still serving generation %u",
                   server->config_path, nerrors, nerrors == 1 ? "" : "s", running->number);
-        return -1;
+        return reload_done(server, -1);
     }
     keep_fixed_settings(running->config, config);
     unsigned number = running->number + 1;
@@ -169,7 +181,7 @@ int server_reload(struct server *server)
         generation_new(config, number, server->nworkers, running, server->tickets);
     if (!next) {
         log_error("reload refused; still serving generation %u", running->number);
-        return -1;
+        return reload_done(server, -1);
     }
     if (!server->log_level_fixed)
         log_set_level(next->config->global.log_level);
@@ -189,7 +201,7 @@ int server_reload(struct server *server)
              "there",
              number);
     generation_release(running); /* the server's reference */
-    return 0;
+    return reload_done(server, 0);
 }
 
 int server_run(struct server *server)
@@ -209,9 +221,12 @@ int server_run(struct server *server)
     }
     worker_start(&server->workers[0]);
     const struct config *c = server->current->config;
-    log_info("sallyport ready (%zu listener%s, %zu mailbox%s, %u worker%s)", c->nlisteners,
-             c->nlisteners == 1 ? "" : "s", c->nmailboxes, c->nmailboxes == 1 ? "" : "es", started,
-             started == 1 ? "" : "s");
+    char status[128];
+    snprintf(status, sizeof status, "ready (%zu listener%s, %zu mailbox%s, %u worker%s)",
+             c->nlisteners, c->nlisteners == 1 ? "" : "s", c->nmailboxes,
+             c->nmailboxes == 1 ? "" : "es", started, started == 1 ? "" : "s");
+    log_info("sallyport %s", status);
+    notify_ready(status);
     server->prober = prober_start(server->current, server->workers[0].loop);
     ev_timer_set(&server->ticket_rotation, TICKET_ROTATION, TICKET_ROTATION);
     ev_timer_start(server->workers[0].loop, &server->ticket_rotation);

@@ -309,6 +309,12 @@ out:
     return rc;
 }
 
+void tls_ctx_use_tickets(SSL_CTX *ctx, struct tls_tickets *tickets)
+{
+    SSL_CTX_set_ex_data(ctx, tickets_index, tickets);
+    SSL_CTX_set_tlsext_ticket_key_evp_cb(ctx, on_ticket_key);
+}
+
 struct tls_store *tls_store_new(struct tls_tickets *tickets)
 {
     struct tls_store *store = calloc(1, sizeof(struct tls_store));
@@ -392,10 +398,8 @@ bool tls_store_add(struct tls_store *store, SSL_CTX *ctx, bool is_default)
     SSL_CTX_set_tlsext_servername_callback(ctx, on_servername);
     SSL_CTX_set_tlsext_servername_arg(ctx, store);
     SSL_CTX_set_alpn_select_cb(ctx, on_alpn, store);
-    if (store->tickets) {
-        SSL_CTX_set_ex_data(ctx, tickets_index, store->tickets);
-        SSL_CTX_set_tlsext_ticket_key_evp_cb(ctx, on_ticket_key);
-    }
+    if (store->tickets)
+        tls_ctx_use_tickets(ctx, store->tickets);
     if (is_default)
         store->default_index = store->count;
     store->count++;

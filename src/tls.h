@@ -46,6 +46,10 @@ struct tls_tickets *tls_tickets_new(void);
  * -1 (the keys unchanged) when no randomness is available. */
 int tls_tickets_rotate(struct tls_tickets *tickets);
 
+/* Makes a server context outside a store (the embedded mailbox's) seal
+ * its tickets with `tickets` too. */
+void tls_ctx_use_tickets(SSL_CTX *ctx, struct tls_tickets *tickets);
+
 /* Free once no context uses them any more. */
 void tls_tickets_free(struct tls_tickets *tickets);
 

@@ -92,8 +92,9 @@ static void on_wake(struct ev_loop *loop, ev_async *a, int revents)
         ev_break(loop, EVBREAK_ALL);
         return;
     }
-    if (!atomic_load(&w->server->draining) &&
-        atomic_load(&w->server->current_number) != w->gen->number)
+    /* Switch first even when draining: the drain then closes the current
+     * generation's sockets, not only the ones of the generation it left. */
+    if (!w->drain_started && atomic_load(&w->server->current_number) != w->gen->number)
         worker_switch(w);
     if (atomic_load(&w->server->draining))
         worker_drain(w);
