@@ -33,6 +33,15 @@ def free_port():
         return s.getsockname()[1]
 
 
+def refused(port):
+    """True when a connection to 127.0.0.1:port is refused (nothing listens)."""
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=5).close()
+        return False
+    except ConnectionRefusedError:
+        return True
+
+
 def wait_for(predicate, timeout=READY_TIMEOUT, what="condition"):
     """Polls predicate until it returns a true value; fails the test after timeout."""
     deadline = time.monotonic() + timeout

@@ -5,12 +5,11 @@ goodbye where sallyport speaks the protocol to the client (a 421 in the
 cleartext dialogue). A second signal stops at once. The embedded mailbox
 never leaves part of a message in new/."""
 import signal
-import socket
 import ssl
 
 import pytest
 
-from conftest import free_port, wait_for
+from conftest import free_port, refused, wait_for
 from fakebackend import FakeBackend, connect, hold, read_reply, recv_until_closed, send, smtp_server
 from smtp_helpers import certificate_section, issue, log_fields, session_lines
 
@@ -31,14 +30,6 @@ def config(ca, port, backend_endpoint, service="submissions", extra_global="", w
 def tls_client(ca, port):
     ctx = ssl.create_default_context(cafile=str(ca.cert))
     return ctx.wrap_socket(connect(port), server_hostname=SNI)
-
-
-def refused(port):
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=5).close()
-        return False
-    except ConnectionRefusedError:
-        return True
 
 
 @pytest.mark.parametrize("workers", [1, 2])

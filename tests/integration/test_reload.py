@@ -21,7 +21,7 @@ import time
 import pytest
 
 from access_helpers import LoopbackIMAP4_SSL
-from conftest import free_port, wait_for
+from conftest import free_port, refused, wait_for
 from dovecot import dovecot_factory  # noqa: F401 (fixture)
 from fakebackend import connect, read_reply, recv_until_closed
 from smtp_helpers import (
@@ -290,14 +290,6 @@ def simple_config(ca, port, maildir, extra_global="", extra=""):
 def greets(port):
     with connect(port) as s:
         return read_reply(s).startswith(b"220 gw.test")
-
-
-def refused(port):
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=5).close()
-        return False
-    except ConnectionRefusedError:
-        return True
 
 
 @pytest.mark.parametrize("breakage,message", [
