@@ -47,6 +47,27 @@ static void finish_certificate(struct config_loader *ld, struct config_record *r
     }
 }
 
+static uint16_t address_port(const struct sock_addr *a)
+{
+    return a->ss.ss_family == AF_INET
+               ? ((const struct sockaddr_in *)(const void *)&a->ss)->sin_port
+               : ((const struct sockaddr_in6 *)(const void *)&a->ss)->sin6_port;
+}
+
+/* The families a listening socket on `a` takes connections for: IPv4
+ * (bit 0), IPv6 (bit 1); and whether it takes every address of them. An
+ * IPv6 socket is dual-stack (sock_listen), so [::] takes IPv4 too. */
+static unsigned address_reach(const struct sock_addr *a, bool *wildcard)
+{
+    if (a->ss.ss_family == AF_INET) {
+        *wildcard = ((const struct sockaddr_in *)(const void *)&a->ss)->sin_addr.s_addr == 0;
+        return 1;
+    }
+    const struct in6_addr *in6 = &((const struct sockaddr_in6 *)(const void *)&a->ss)->sin6_addr;
+    *wildcard = IN6_IS_ADDR_UNSPECIFIED(in6);
+    return *wildcard ? 3 : IN6_IS_ADDR_V4MAPPED(in6) ? 1 : 2;
+}
+
 static bool same_address(const struct sock_addr *a, const struct sock_addr *b)
 {
     if (a->ss.ss_family != b->ss.ss_family)
@@ -58,6 +79,21 @@ static bool same_address(const struct sock_addr *a, const struct sock_addr *b)
     const struct sockaddr_in6 *x = (const void *)&a->ss, *y = (const void *)&b->ss;
     return x->sin6_port == y->sin6_port &&
            memcmp(&x->sin6_addr, &y->sin6_addr, sizeof x->sin6_addr) == 0;
+}
+
+/* Whether sockets on a and b would take connections for the same address
+ * and port: the same address, or a wildcard on the other's port and
+ * family. The kernel refuses the second bind, except with SO_REUSEPORT
+ * (workers > 1), where both would silently share the connections. */
+static bool addresses_overlap(const struct sock_addr *a, const struct sock_addr *b)
+{
+    if (address_port(a) != address_port(b))
+        return false;
+    if (same_address(a, b))
+        return true;
+    bool wild_a, wild_b;
+    unsigned reach_a = address_reach(a, &wild_a), reach_b = address_reach(b, &wild_b);
+    return (wild_a || wild_b) && (reach_a & reach_b) != 0;
 }
 
 static void finish_listener(struct config_loader *ld, struct config_record *rec)
@@ -86,18 +122,6 @@ static void finish_listener(struct config_loader *ld, struct config_record *rec)
     } else if (sock_addr_parse(l->address, service_info(l->service)->port, &l->addr, NULL, 0, err,
                                sizeof err) != 0) {
         config_report(ld, config_key_line(rec, "address"), "address", "%s", err);
-    } else {
-        for (size_t i = 0; i < rec->index; i++) {
-            if (cfg->listeners[i].addr.len && same_address(&cfg->listeners[i].addr, &l->addr)) {
-                config_report(
-                    ld, config_key_line(rec, "address"),
-                    config_key_set(rec, "address") ? "address" : rec->label,
-                    "%s is already used by [listener %s] at line %d (give each listener its "
-                    "own address)",
-                    l->address, cfg->listeners[i].name, cfg->listeners[i].line);
-                break;
-            }
-        }
     }
     if (!l->idle_timeout)
         l->idle_timeout = cfg->global.idle_timeout ? cfg->global.idle_timeout
@@ -239,6 +263,53 @@ static const struct config_record *record_of_backend(const struct config_loader 
             ld->recs[i].backend == backend)
             return &ld->recs[i];
     return NULL;
+}
+
+/* The address a listener or mailbox record listens on, with its text and
+ * section word; NULL when it has none (not usable, or another record kind). */
+static const struct sock_addr *listening_address(const struct config_loader *ld,
+                                                 const struct config_record *rec, const char **text,
+                                                 const char **word, const char **name)
+{
+    const struct sock_addr *addr = NULL;
+    if (rec->kind == K_LISTENER) {
+        const struct cfg_listener *l = &ld->cfg->listeners[rec->index];
+        addr = &l->addr, *text = l->address, *word = "listener", *name = l->name;
+    } else if (rec->kind == K_MAILBOX) {
+        const struct cfg_mailbox *m = &ld->cfg->mailboxes[rec->index];
+        addr = &m->addr, *text = m->address, *word = "mailbox", *name = m->name;
+    }
+    return addr && addr->len ? addr : NULL;
+}
+
+/* Every listener and mailbox listens on an address of its own: one that
+ * overlaps an earlier one is reported at the later one. */
+static void check_addresses(struct config_loader *ld)
+{
+    for (size_t i = 0; i < ld->nrecs; i++) {
+        const struct config_record *rec = &ld->recs[i];
+        const char *text, *word, *name;
+        const struct sock_addr *addr = listening_address(ld, rec, &text, &word, &name);
+        for (size_t j = 0; addr && j < i; j++) {
+            const char *other_text, *other_word, *other_name;
+            const struct sock_addr *other =
+                listening_address(ld, &ld->recs[j], &other_text, &other_word, &other_name);
+            if (!other || !addresses_overlap(addr, other))
+                continue;
+            const char *key = config_key_set(rec, "address") ? "address" : rec->label;
+            if (same_address(addr, other))
+                config_report(ld, config_key_line(rec, "address"), key,
+                              "%s is already used by [%s %s] at line %d (give each listener "
+                              "and mailbox its own address)",
+                              text, other_word, other_name, ld->recs[j].line);
+            else
+                config_report(ld, config_key_line(rec, "address"), key,
+                              "%s overlaps %s of [%s %s] at line %d: a wildcard address takes "
+                              "the port on every address (give each its own port)",
+                              text, other_text, other_word, other_name, ld->recs[j].line);
+            break;
+        }
+    }
 }
 
 /* Checks every listener/route pair that can occur: the listener must reach
@@ -388,6 +459,7 @@ static void finish(struct config_loader *ld)
         if (finishers[ld->recs[i].kind])
             finishers[ld->recs[i].kind](ld, &ld->recs[i]);
     }
+    check_addresses(ld);
     for (size_t i = 0; i < ld->nrecs; i++) {
         if (ld->recs[i].kind == K_ROUTE)
             check_route(ld, &ld->recs[i]);

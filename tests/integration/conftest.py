@@ -26,11 +26,47 @@ SANITIZER_MARKERS = ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime
                      "WARNING: AddressSanitizer", "WARNING: ThreadSanitizer")
 
 
+def _port_range():
+    """Test ports come from below the kernel's ephemeral range: a port that
+    bind(0) hands out can meanwhile become the source port of an outgoing
+    connection, and bind(0) may hand out the same port twice in a row."""
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    first = 12000
+    if low - first < 2000:
+        first = 1025
+    return first, low
+
+
+_PORTS_FIRST, _PORTS_END = _port_range()
+# Where this process starts looking (apart from other test processes), and
+# every port it handed out: none is handed out twice.
+_ports_next = _PORTS_FIRST + (os.getpid() * 7919) % (_PORTS_END - _PORTS_FIRST)
+_ports_given = set()
+
+
 def free_port():
-    """An ephemeral TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A TCP port on 127.0.0.1, below the ephemeral range, that was free a
+    moment ago and that this test run has not handed out before."""
+    global _ports_next
+    for _ in range(_PORTS_END - _PORTS_FIRST):
+        port = _ports_next
+        _ports_next = port + 1 if port + 1 < _PORTS_END else _PORTS_FIRST
+        if port in _ports_given:
+            continue
+        with socket.socket() as s:
+            # As the daemon binds: TIME_WAIT leftovers do not count, a
+            # listener does.
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _ports_given.add(port)
+        return port
+    raise RuntimeError("no free TCP port below the ephemeral range")
 
 
 def refused(port):

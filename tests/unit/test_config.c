@@ -992,10 +992,37 @@ static void test_listener_address_clash(void **state)
                        "[listener alt2]\nservice = submissions\naddress = *\n"
                        "mode = passthrough\n",
                   "cfg:10: listener alt: [::]:465 is already used by [listener submissions] at "
-                  "line 1 (give each listener its own address)\n"
+                  "line 1 (give each listener and mailbox its own address)\n"
                   "cfg:15: address: * is already used by [listener submissions] at line 1 (give "
-                  "each listener its own address)\n",
+                  "each listener and mailbox its own address)\n",
                   2);
+}
+
+/* A mailbox and a listener on one address, or a wildcard over another's
+ * port: with workers > 1 (SO_REUSEPORT) both binds would succeed and share
+ * the connections, so the config refuses it whatever `workers` says. */
+static void test_mailbox_address_clash(void **state)
+{
+    (void)state;
+    expect_errors(BASE "[listener plain]\nservice = submission\naddress = 127.0.0.1:2525\n"
+                       "mode = passthrough\n"
+                       "[mailbox box]\naddress = 127.0.0.1:2525\nmaildir = /tmp/m\n"
+                       "[mailbox wild]\naddress = 127.0.0.1:465\nmaildir = /tmp/m\n"
+                       "[listener v4any]\nservice = submission\naddress = 0.0.0.0:2600\n"
+                       "mode = passthrough\n"
+                       "[listener v6one]\nservice = submission\naddress = [::1]:2600\n"
+                       "mode = passthrough\n"
+                       "[listener v4one]\nservice = submission\naddress = 127.0.0.1:2600\n"
+                       "mode = passthrough\n",
+                  "cfg:15: address: 127.0.0.1:2525 is already used by [listener plain] at line 10 "
+                  "(give each listener and mailbox its own address)\n"
+                  "cfg:18: address: 127.0.0.1:465 overlaps [::]:465 of [listener submissions] at "
+                  "line 1: a wildcard address takes the port on every address (give each its own "
+                  "port)\n"
+                  "cfg:30: address: 127.0.0.1:2600 overlaps 0.0.0.0:2600 of [listener v4any] at "
+                  "line 20: a wildcard address takes the port on every address (give each its own "
+                  "port)\n",
+                  3);
 }
 
 static void test_backend_without_endpoints(void **state)
@@ -1295,6 +1322,7 @@ int main(void)
         cmocka_unit_test(test_terminate_needs_certificate),
         cmocka_unit_test(test_no_route),
         cmocka_unit_test(test_listener_address_clash),
+        cmocka_unit_test(test_mailbox_address_clash),
         cmocka_unit_test(test_backend_without_endpoints),
         cmocka_unit_test(test_mailbox_errors),
         cmocka_unit_test(test_syntax_errors),
