@@ -46,6 +46,7 @@ TEST_MODULES_test_route       := route tls log
 TEST_MODULES_test_client_table := client_table
 TEST_MODULES_test_pools        := buf_pool pipe_pool
 TEST_MODULES_test_proxy_header := proxy_header
+TEST_MODULES_test_metrics     := metrics health service sock log
 UNIT_SRCS := $(wildcard tests/unit/test_*.c)
 UNIT_BINS := $(UNIT_SRCS:tests/unit/%.c=$(BUILD)/tests/%)
 .SECONDEXPANSION:
@@ -89,7 +90,8 @@ VALGRIND_TESTS ?= test_smtp_modes.py::test_mailbox_end_to_end \
 	test_backend_pool.py::test_checks_mark_a_backend_down_and_up_without_any_client \
 	test_reload.py::test_listeners_added_and_removed \
 	test_reload.py::test_tls_sessions_resume_across_a_reload \
-	test_reload.py::test_a_broken_config_is_refused_and_service_goes_on
+	test_reload.py::test_a_broken_config_is_refused_and_service_goes_on \
+	test_metrics.py::test_counters_follow_the_traffic
 valgrind: $(BIN)
 	cd tests/integration && SALLYPORT=$(abspath $(BIN)) \
 	    SALLYPORT_WRAPPER="valgrind -q --error-exitcode=99 --leak-check=full \
@@ -99,7 +101,7 @@ valgrind: $(BIN)
 # The tests that run several workers (threads), against a ThreadSanitizer
 # build: a data race is reported in the daemon's log, which fails the test.
 TSAN_VARS := CC=clang BUILD=build/tsan BIN=build/tsan/sallyport OPT="-O1 -g -fsanitize=thread"
-TSAN_TESTS ?= test_workers.py test_pooled_relay.py test_reload.py
+TSAN_TESTS ?= test_workers.py test_pooled_relay.py test_reload.py test_metrics.py
 tsan:
 	$(MAKE) $(TSAN_VARS) build/tsan/sallyport
 	cd tests/integration && SALLYPORT=$(abspath build/tsan/sallyport) \

@@ -9,7 +9,7 @@ PACKAGES="build-essential gcc clang pkg-config make \
 libssl-dev libev-dev libinih-dev libcrypt-dev libcmocka-dev \
 openssl curl swaks libnet-ssleay-perl libio-socket-ssl-perl postfix python3 python3-pytest \
 dovecot-imapd dovecot-pop3d dovecot-managesieved clang-format testssl.sh valgrind \
-haproxy systemd procps"
+haproxy systemd procps prometheus"
 WHAT="sallyport"
 if [ $# -gt 0 ]; then
     PACKAGES="$*"

@@ -228,11 +228,25 @@ static void finish_mailbox(struct config_loader *ld, struct config_record *rec)
     }
 }
 
+static void finish_metrics(struct config_loader *ld, struct config_record *rec)
+{
+    struct cfg_metrics *m = &ld->cfg->metrics;
+    char err[512];
+    if (!m->address)
+        return; /* reported as missing */
+    if (m->address[0] == '*' || strspn(m->address, "0123456789") == strlen(m->address) ||
+        !strrchr(m->address, ':'))
+        config_report(ld, config_key_line(rec, "address"), "address",
+                      "'%s' needs a host and a port (write HOST:PORT, e.g. 127.0.0.1:9465)",
+                      m->address);
+    else if (sock_addr_parse(m->address, 0, &m->addr, NULL, 0, err, sizeof err))
+        config_report(ld, config_key_line(rec, "address"), "address", "%s", err);
+}
+
 static void (*const finishers[K_COUNT])(struct config_loader *, struct config_record *) = {
-    [K_CERTIFICATE] = finish_certificate,
-    [K_LISTENER] = finish_listener,
-    [K_BACKEND] = finish_backend,
-    [K_MAILBOX] = finish_mailbox,
+    [K_CERTIFICATE] = finish_certificate, [K_LISTENER] = finish_listener,
+    [K_BACKEND] = finish_backend,         [K_MAILBOX] = finish_mailbox,
+    [K_METRICS] = finish_metrics,
 };
 
 /* ---- checks across sections ---- */
@@ -278,6 +292,9 @@ static const struct sock_addr *listening_address(const struct config_loader *ld,
     } else if (rec->kind == K_MAILBOX) {
         const struct cfg_mailbox *m = &ld->cfg->mailboxes[rec->index];
         addr = &m->addr, *text = m->address, *word = "mailbox", *name = m->name;
+    } else if (rec->kind == K_METRICS) {
+        addr = &ld->cfg->metrics.addr, *text = ld->cfg->metrics.address, *word = "metrics",
+        *name = NULL;
     }
     return addr && addr->len ? addr : NULL;
 }
@@ -297,16 +314,19 @@ static void check_addresses(struct config_loader *ld)
             if (!other || !addresses_overlap(addr, other))
                 continue;
             const char *key = config_key_set(rec, "address") ? "address" : rec->label;
+            char section[128];
+            snprintf(section, sizeof section, "[%s%s%s]", other_word, other_name ? " " : "",
+                     other_name ? other_name : "");
             if (same_address(addr, other))
                 config_report(ld, config_key_line(rec, "address"), key,
-                              "%s is already used by [%s %s] at line %d (give each listener "
+                              "%s is already used by %s at line %d (give each listener "
                               "and mailbox its own address)",
-                              text, other_word, other_name, ld->recs[j].line);
+                              text, section, ld->recs[j].line);
             else
                 config_report(ld, config_key_line(rec, "address"), key,
-                              "%s overlaps %s of [%s %s] at line %d: a wildcard address takes "
+                              "%s overlaps %s of %s at line %d: a wildcard address takes "
                               "the port on every address (give each its own port)",
-                              text, other_text, other_word, other_name, ld->recs[j].line);
+                              text, other_text, section, ld->recs[j].line);
             break;
         }
     }
@@ -519,6 +539,7 @@ void config_free(struct config *config)
         return;
     free(config->file);
     free(config->global.user);
+    free(config->metrics.address);
     for (size_t i = 0; i < config->ncertificates; i++) {
         struct cfg_certificate *c = &config->certificates[i];
         free(c->name);

@@ -167,9 +167,18 @@ static inline enum listen_mode route_mode(const struct cfg_listener *listener,
     return route && route->mode_set ? route->mode : listener->mode;
 }
 
+/* [metrics]: the Prometheus endpoint (scrape.c), when `set`. */
+struct cfg_metrics {
+    bool set;
+    int line;
+    char *address; /* required: HOST:PORT */
+    struct sock_addr addr;
+};
+
 struct config {
     char *file;
     struct cfg_global global;
+    struct cfg_metrics metrics;
     struct cfg_certificate *certificates;
     size_t ncertificates;
     struct cfg_listener *listeners;

@@ -15,6 +15,7 @@ static const char *const kind_names[K_COUNT] = {
     [K_GLOBAL] = "global",     [K_CERTIFICATE] = "certificate",
     [K_LISTENER] = "listener", [K_BACKEND] = "backend",
     [K_ROUTE] = "route",       [K_MAILBOX] = "mailbox",
+    [K_METRICS] = "metrics",
 };
 
 /* What the key handler passes to a key's parser besides the value. */
@@ -187,6 +188,7 @@ static const struct key_def keys[] = {
     {K_MAILBOX, "users", key_readable, OFF(cfg_mailbox, users), 0},
     {K_MAILBOX, "hostname", key_hostname, OFF(cfg_mailbox, hostname), 0},
     {K_MAILBOX, "max_message_size", key_size, OFF(cfg_mailbox, max_message_size), 0},
+    {K_METRICS, "address", key_string, OFF(cfg_metrics, address), KEY_REQUIRED},
 };
 #define NKEYS (sizeof keys / sizeof keys[0])
 _Static_assert(NKEYS + SERVICE_COUNT <= CONFIG_KEY_SLOTS, "raise CONFIG_KEY_SLOTS");
@@ -223,6 +225,8 @@ static void *object(const struct config_loader *ld, const struct config_record *
         return &cfg->routes[rec->index];
     case K_MAILBOX:
         return &cfg->mailboxes[rec->index];
+    case K_METRICS:
+        return &cfg->metrics;
     case K_COUNT:
         break;
     }
@@ -375,6 +379,10 @@ static bool add_object(struct config_loader *ld, struct config_record *rec)
     switch (rec->kind) {
     case K_GLOBAL:
         return true;
+    case K_METRICS:
+        cfg->metrics.set = true;
+        cfg->metrics.line = rec->line;
+        return true;
     case K_CERTIFICATE: {
         struct cfg_certificate *c = grow(cfg->certificates, cfg->ncertificates, sizeof *c, &grown);
         if (!c)
@@ -474,15 +482,17 @@ static void begin_section(struct config_loader *ld, const char *inside, size_t l
         config_report(
             ld, ld->line, text,
             "unknown section kind '%.*s' (expected global, certificate, listener, backend, "
-            "route or mailbox)",
+            "route, mailbox or metrics)",
             (int)kind_len, text);
         return;
     }
-    if (kind == K_GLOBAL && name[0]) {
-        config_report(ld, ld->line, text, "[global] takes no name (write [global])");
+    bool singleton = kind == K_GLOBAL || kind == K_METRICS;
+    if (singleton && name[0]) {
+        config_report(ld, ld->line, text, "[%s] takes no name (write [%s])", kind_names[kind],
+                      kind_names[kind]);
         return;
     }
-    if (kind != K_GLOBAL && !name[0]) {
+    if (!singleton && !name[0]) {
         config_report(ld, ld->line, text, "missing name (write [%s NAME])", text);
         return;
     }

@@ -12,7 +12,16 @@
 
 #include "config.h"
 
-enum config_kind { K_GLOBAL, K_CERTIFICATE, K_LISTENER, K_BACKEND, K_ROUTE, K_MAILBOX, K_COUNT };
+enum config_kind {
+    K_GLOBAL,
+    K_CERTIFICATE,
+    K_LISTENER,
+    K_BACKEND,
+    K_ROUTE,
+    K_MAILBOX,
+    K_METRICS,
+    K_COUNT
+};
 
 #define CONFIG_NO_RECORD SIZE_MAX
 #define CONFIG_KEY_SLOTS 64

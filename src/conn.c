@@ -11,6 +11,9 @@
 
 /* The reason of this thread's last CONN_ERROR (see conn_error()). */
 static _Thread_local char last_error[160];
+/* ... and its OpenSSL reason code, or -1 when the peer closed or the
+ * socket failed, 0 when unknown (see conn_error_reason()). */
+static _Thread_local int last_reason;
 
 void conn_init(struct conn *c, int fd)
 {
@@ -127,6 +130,7 @@ bool conn_start_tls_replay(struct conn *c, SSL *ssl, const void *bytes, size_t l
 static void record_ssl_error(int ssl_err)
 {
     unsigned long e = ERR_peek_last_error();
+    last_reason = e != 0 ? ERR_GET_REASON(e) : ssl_err == SSL_ERROR_SYSCALL ? -1 : 0;
     if (e != 0) {
         char text[120];
         ERR_error_string_n(e, text, sizeof text);
@@ -219,6 +223,7 @@ int conn_handshake(struct conn *c)
     int r = map_ssl_result(c, ret);
     if (r == CONN_EOF) {
         snprintf(last_error, sizeof last_error, "peer closed during handshake");
+        last_reason = -1;
         return CONN_ERROR;
     }
     return r;
@@ -265,6 +270,11 @@ void conn_handshake_failure(const struct conn *c, const char *who, char *out, si
                  X509_verify_cert_error_string(verify));
     else
         snprintf(out, len, "%sTLS handshake failed: %s", who, conn_error());
+}
+
+int conn_error_reason(void)
+{
+    return last_reason;
 }
 
 const char *conn_error(void)

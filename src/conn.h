@@ -66,5 +66,9 @@ void conn_handshake_failure(const struct conn *c, const char *who, char *out, si
  * next conn call on this thread (kept out of struct conn: an idle session
  * should not carry an error text it almost never has). */
 const char *conn_error(void);
+/* The OpenSSL reason code (ERR_GET_REASON) behind this thread's last
+ * CONN_ERROR of a TLS call, -1 when the peer closed or the socket failed,
+ * 0 when unknown: what metrics group handshake failures by. */
+int conn_error_reason(void);
 
 #endif

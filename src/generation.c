@@ -8,6 +8,7 @@
 #include "health.h"
 #include "log.h"
 #include "maildir.h"
+#include "metrics.h"
 #include "session.h"
 #include "tls.h"
 #include "userdb.h"
@@ -211,6 +212,29 @@ static int prepare_mailboxes(struct generation *gen)
     return 0;
 }
 
+/* The metrics entries of every listener, route and backend, by name. */
+static int find_metrics(struct generation *gen)
+{
+    const struct config *config = gen->config;
+    gen->listener_metrics =
+        calloc(config->nlisteners ? config->nlisteners : 1, sizeof *gen->listener_metrics);
+    gen->route_metrics = calloc(config->nroutes ? config->nroutes : 1, sizeof *gen->route_metrics);
+    gen->backend_metrics =
+        calloc(config->nbackends ? config->nbackends : 1, sizeof *gen->backend_metrics);
+    if (!gen->listener_metrics || !gen->route_metrics || !gen->backend_metrics) {
+        log_error("out of memory");
+        return -1;
+    }
+    for (size_t i = 0; i < config->nlisteners; i++)
+        gen->listener_metrics[i] =
+            metrics_listener(config->listeners[i].name, config->listeners[i].service);
+    for (size_t i = 0; i < config->nroutes; i++)
+        gen->route_metrics[i] = metrics_route(config->routes[i].name);
+    for (size_t i = 0; i < config->nbackends; i++)
+        gen->backend_metrics[i] = metrics_backend(config->backends[i].name);
+    return 0;
+}
+
 static void generation_free(struct generation *gen)
 {
     const struct config *config = gen->config;
@@ -237,6 +261,9 @@ static void generation_free(struct generation *gen)
     free(gen->users);
     free((void *)gen->mailbox_open);
     free(gen->backend_ctx);
+    free(gen->listener_metrics);
+    free(gen->route_metrics);
+    free(gen->backend_metrics);
     tls_store_free(gen->store);
     health_free(gen->health);
     config_free(gen->config);
@@ -268,7 +295,8 @@ struct generation *generation_new(struct config *config, unsigned number, unsign
     }
     if (previous)
         health_carry(gen->health, previous->health);
-    if (prepare_mailboxes(gen) < 0 || open_sockets(gen, previous, &handover) < 0)
+    if (find_metrics(gen) < 0 || prepare_mailboxes(gen) < 0 ||
+        open_sockets(gen, previous, &handover) < 0)
         goto fail;
     end_handover(gen, &handover, true);
     return gen;

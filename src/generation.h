@@ -27,6 +27,9 @@
 #include "config.h"
 
 struct health;
+struct metrics_backend;
+struct metrics_listener;
+struct metrics_route;
 struct tls_store;
 struct tls_tickets;
 struct userdb;
@@ -47,6 +50,11 @@ struct generation {
      * area is per database), NULL once taken or when it has no users file. */
     struct userdb **users;
     atomic_uint *mailbox_open; /* [i]: mailbox i's sessions, all workers */
+    /* [i]: the metrics entries (metrics.h) of config->listeners[i],
+     * routes[i], backends[i]: by name, so they outlive the generation. */
+    struct metrics_listener **listener_metrics;
+    struct metrics_route **route_metrics;
+    struct metrics_backend **backend_metrics;
 };
 
 /* Builds a generation from `config` (taking it over: it is freed with the

@@ -4,7 +4,9 @@
 #include <unistd.h>
 
 #include "listener.h"
+#include "generation.h"
 #include "log.h"
+#include "metrics.h"
 #include "server.h"
 #include "session.h"
 #include "worker.h"
@@ -21,6 +23,9 @@ static void on_accept(struct ev_loop *loop, ev_io *w, int revents)
     struct server *server = l->worker->server;
     for (int i = 0; i < ACCEPT_BATCH; i++) {
         if (!server_reserve_session(server)) {
+            struct generation *gen = l->worker->gen;
+            metrics_count(&gen->listener_metrics[l->cfg - gen->config->listeners]->accept_paused,
+                          1);
             /* Woken by server_release_session() when a slot frees. */
             worker_pause_at_limit(l->worker);
             return;

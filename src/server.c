@@ -1,4 +1,5 @@
 #include <stdio.h>
+#include <time.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -8,8 +9,10 @@
 #include "listener.h"
 #include "log.h"
 #include "mailbox.h"
+#include "metrics.h"
 #include "notify.h"
 #include "probe.h"
+#include "scrape.h"
 #include "server.h"
 #include "session.h"
 #include "tls.h"
@@ -90,6 +93,19 @@ int server_start(struct server *server, struct config *config, const char *path)
         config_free(config);
         return -1;
     }
+    struct timespec now;
+    clock_gettime(CLOCK_REALTIME, &now);
+    server->start_time = (double)now.tv_sec + (double)now.tv_nsec / 1e9;
+    if (config->metrics.set) {
+        char err[256];
+        server->scrape = scrape_new(&config->metrics.addr, err, sizeof err);
+        if (!server->scrape) {
+            log_error("%s:%d: metrics: %s", config->file, config->metrics.line, err);
+            config_free(config);
+            return -1;
+        }
+        log_info("metrics: serving GET /metrics on %s", config->metrics.address);
+    }
     server->current = generation_new(config, 1, nworkers, NULL, server->tickets);
     if (!server->current)
         return -1;
@@ -126,6 +142,11 @@ static void keep_fixed_settings(const struct config *running, struct config *nex
     if (!same_user)
         log_warn("%s: user: a reload keeps running as %s; restart to change it", next->file,
                  was->user ? was->user : "the starting user");
+    const struct cfg_metrics *m = &next->metrics, *m0 = &running->metrics;
+    bool same_metrics = m->set == m0->set && (!m->set || strcmp(m->address, m0->address) == 0);
+    if (!same_metrics)
+        log_warn("%s: metrics: a reload keeps the running endpoint (%s); restart to change it",
+                 next->file, m0->set ? m0->address : "none");
 }
 
 /* Logs what config_load() printed, one error per line. */
@@ -142,6 +163,7 @@ static void log_config_errors(FILE *errors)
 /* The service manager's word after a reload, done or refused. */
 static int reload_done(const struct server *server, int rc)
 {
+    metrics_reloaded(rc == 0);
     char status[128];
     snprintf(status, sizeof status, "%s; serving generation %u",
              rc == 0 ? "reloaded" : "reload refused", server->current->number);
@@ -228,6 +250,8 @@ int server_run(struct server *server)
     log_info("sallyport %s", status);
     notify_ready(status);
     server->prober = prober_start(server->current, server->workers[0].loop);
+    if (server->scrape)
+        scrape_start(server->scrape, server->workers[0].loop, server);
     ev_timer_set(&server->ticket_rotation, TICKET_ROTATION, TICKET_ROTATION);
     ev_timer_start(server->workers[0].loop, &server->ticket_rotation);
     ev_run(server->workers[0].loop, 0);
@@ -256,10 +280,12 @@ void server_end_sessions(struct server *server)
 
 void server_stop(struct server *server)
 {
+    scrape_free(server->scrape); /* on worker 0's loop: before it goes */
     for (unsigned i = 0; i < server->nworkers; i++)
         worker_free(&server->workers[i]);
     free(server->workers);
     generation_release(server->current);
+    metrics_free_all();
     tls_tickets_free(server->tickets);
     client_table_free(server->clients);
     pthread_mutex_destroy(&server->clients_lock);

@@ -20,6 +20,7 @@
 struct worker;
 struct generation;
 struct prober;
+struct scrape;
 struct tls_tickets;
 
 struct server {
@@ -33,6 +34,8 @@ struct server {
     struct tls_tickets *tickets; /* session ticket keys, the same across reloads */
     ev_timer ticket_rotation;    /* worker 0's loop: a fresh ticket key now and then */
     struct prober *prober;       /* the current generation's active checks (worker 0) */
+    struct scrape *scrape;       /* the [metrics] endpoint (worker 0), or NULL */
+    double start_time;           /* Unix time */
     struct worker *workers;
     unsigned nworkers;
 

@@ -26,6 +26,7 @@
 #include "health.h"
 #include "listener.h"
 #include "log.h"
+#include "metrics.h"
 #include "proxy_header.h"
 #include "relay.h"
 #include "route.h"
@@ -66,6 +67,21 @@ static const char *const state_names[] = {
     [SESSION_CLOSED] = "closed",
 };
 
+/* What the metrics call each state (enum metrics_phase). */
+static const unsigned char state_phases[] = {
+    [SESSION_PROXY_HEADER] = PHASE_HANDSHAKE,
+    [SESSION_CLEARTEXT] = PHASE_CLEARTEXT,
+    [SESSION_CLIENTHELLO] = PHASE_HANDSHAKE,
+    [SESSION_CLIENT_HANDSHAKE] = PHASE_HANDSHAKE,
+    [SESSION_CONNECTING] = PHASE_CONNECTING,
+    [SESSION_PRELUDE] = PHASE_CONNECTING,
+    [SESSION_BACKEND_HANDSHAKE] = PHASE_CONNECTING,
+    [SESSION_RELAY] = PHASE_RELAY,
+    [SESSION_DRAINING] = PHASE_CLOSING,
+    [SESSION_LINGERING] = PHASE_CLOSING,
+    [SESSION_CLOSED] = PHASE_NONE,
+};
+
 static void session_update(struct session *s);
 static const char *refusal_reason(enum client_verdict verdict);
 static void on_proxy_header_io(struct session *s);
@@ -82,7 +98,21 @@ void session_enter(struct session *s, enum session_state next)
         log_debug("session %s: %s -> %s", sock_addr_format(&s->peer.sa, peer, sizeof peer),
                   state_names[s->state], state_names[next]);
     }
+    metrics_phase_move(s->metrics, (enum metrics_phase)state_phases[s->state],
+                       (enum metrics_phase)state_phases[next]);
     s->state = next;
+}
+
+void session_set_outcome(struct session *s, int outcome)
+{
+    if (s->outcome == OUTCOME_UNSET)
+        s->outcome = (uint8_t)outcome;
+}
+
+/* The client's TLS did not come about, for `why`. */
+static void tls_failed(struct session *s, enum metrics_tls_failure why)
+{
+    metrics_count(&s->metrics->tls_failures[why], 1);
 }
 
 /* Arms the session's single timer for the current phase. */
@@ -107,8 +137,10 @@ struct pipe_pool *session_pipes(const struct session *s)
  * NULL (and closes the session) when out of memory. */
 struct buf *session_held(struct session *s, struct buf **slot)
 {
-    if (!*slot && !(*slot = buf_pool_take(session_bufs(s))))
+    if (!*slot && !(*slot = buf_pool_take(session_bufs(s)))) {
+        session_set_outcome(s, OUTCOME_INTERNAL_ERROR);
         session_close(s, LOG_LEVEL_ERROR, "out of memory for a buffer");
+    }
     return *slot;
 }
 
@@ -123,12 +155,14 @@ void session_fail_with_reply(struct session *s, const char *reason)
 {
     bool can_reply = s->state == SESSION_CLEARTEXT || session_client_in_tls(s);
     if (!can_reply) {
+        session_set_outcome(s, OUTCOME_BACKEND_FAILED);
         session_close(s, LOG_LEVEL_INFO, "%s", reason);
         return;
     }
     if (!session_held(s, &s->down))
         return;
     s->down->len = 0;
+    session_set_outcome(s, OUTCOME_BACKEND_FAILED);
     s->dialogue->unavailable_reply(s->listener->hostname, s->down);
     snprintf(s->close_reason, sizeof s->close_reason, "%s", reason);
     s->close_level = LOG_LEVEL_WARN;
@@ -142,6 +176,7 @@ static void on_timer(struct ev_loop *loop, ev_timer *w, int revents)
     struct session *s = w->data;
     switch (s->state) {
     case SESSION_PROXY_HEADER:
+        session_set_outcome(s, OUTCOME_TIMEOUT);
         session_close(s, LOG_LEVEL_INFO, "PROXY header timeout");
         break;
     case SESSION_CLEARTEXT:
@@ -149,12 +184,15 @@ static void on_timer(struct ev_loop *loop, ev_timer *w, int revents)
             break;
         s->down->len = 0;
         s->dialogue->timeout_reply(&s->ds, s->down);
+        session_set_outcome(s, OUTCOME_TIMEOUT);
         snprintf(s->close_reason, sizeof s->close_reason, "cleartext phase timeout");
         session_enter(s, SESSION_DRAINING);
         session_arm_timer(s, DRAIN_TIMEOUT);
         break;
     case SESSION_CLIENTHELLO:
     case SESSION_CLIENT_HANDSHAKE:
+        session_set_outcome(s, OUTCOME_TIMEOUT);
+        tls_failed(s, TLSFAIL_TIMEOUT);
         session_close(s, LOG_LEVEL_INFO, "client TLS handshake timeout");
         break;
     case SESSION_CONNECTING:
@@ -163,6 +201,7 @@ static void on_timer(struct ev_loop *loop, ev_timer *w, int revents)
         backend_failed(s, "backend timeout");
         break;
     case SESSION_RELAY:
+        session_set_outcome(s, OUTCOME_TIMEOUT);
         session_close(s, LOG_LEVEL_INFO, "idle timeout");
         break;
     case SESSION_DRAINING: {
@@ -181,6 +220,22 @@ static void on_timer(struct ev_loop *loop, ev_timer *w, int revents)
 }
 
 /* ---- closing and the one log line ----------------------------------------- */
+
+/* The closed session's outcome and bytes, for the metrics. */
+static void count_session(const struct session *s, uint64_t in, uint64_t out)
+{
+    enum metrics_outcome outcome = s->outcome != OUTCOME_UNSET ? (enum metrics_outcome)s->outcome
+                                   : s->relay_started          ? OUTCOME_RELAYED
+                                                               : OUTCOME_CLIENT_CLOSED;
+    metrics_count(&s->metrics->connections[outcome], 1);
+    metrics_count(&s->metrics->bytes_in, in);
+    metrics_count(&s->metrics->bytes_out, out);
+    if (s->route) {
+        struct metrics_route *r = s->gen->route_metrics[s->route - s->gen->config->routes];
+        metrics_count(&r->bytes_in, in);
+        metrics_count(&r->bytes_out, out);
+    }
+}
 
 static void log_session(const struct session *s)
 {
@@ -206,6 +261,7 @@ static void log_session(const struct session *s)
         in += s->relay.up.bytes - s->relay_preloaded;
         out += s->relay.down.bytes;
     }
+    count_session(s, in, out);
     log_msg(
         s->close_level,
         "session listener=%s client=%s worker=%u gen=%u sni=%s route=%s backend=%s backend_addr=%s "
@@ -271,6 +327,11 @@ void session_goodbye(struct session *s)
     case SESSION_LINGERING:
     case SESSION_CLOSED:
         return; /* leaving already */
+    default:
+        break;
+    }
+    session_set_outcome(s, OUTCOME_SHUTDOWN);
+    switch (s->state) {
     case SESSION_CLEARTEXT:
     case SESSION_CONNECTING:
     case SESSION_PRELUDE:
@@ -342,6 +403,7 @@ static void run_dialogue(struct session *s)
         if (up->data[0] == TLS_HANDSHAKE_RECORD) {
             /* No command starts with 0x16: this is a TLS client on the wrong
              * port (or one that skipped STARTTLS). Its bytes are not lines. */
+            session_set_outcome(s, OUTCOME_PROTOCOL_ERROR);
             session_close(s, LOG_LEVEL_WARN,
                           "TLS handshake before STARTTLS (a client configured for implicit "
                           "TLS on a STARTTLS port?)");
@@ -375,6 +437,9 @@ static void run_dialogue(struct session *s)
             snprintf(s->close_reason, sizeof s->close_reason, "%s", close_why);
             if (s->ds.errors >= s->ds.max_errors)
                 snprintf(s->close_reason, sizeof s->close_reason, "too many errors");
+            session_set_outcome(s, strcmp(s->close_reason, "client quit in cleartext") == 0
+                                       ? OUTCOME_CLIENT_CLOSED
+                                       : OUTCOME_PROTOCOL_ERROR);
             session_enter(s, SESSION_DRAINING);
             session_arm_timer(s, DRAIN_TIMEOUT);
             return;
@@ -384,6 +449,7 @@ static void run_dialogue(struct session *s)
                  * be read as if they came inside TLS. Never answer them, and
                  * withdraw the go-ahead. */
                 down->len = replies_before;
+                session_set_outcome(s, OUTCOME_PROTOCOL_ERROR);
                 session_close(s, LOG_LEVEL_WARN,
                               "command injection: %zu bytes after STARTTLS before TLS", up->len);
                 return;
@@ -469,6 +535,7 @@ static void on_clienthello_io(struct session *s)
     if (n == CONN_WANT_READ)
         return;
     if (n <= 0) {
+        tls_failed(s, TLSFAIL_CLIENT_CLOSED);
         session_close(s, LOG_LEVEL_INFO, "client closed before its ClientHello");
         return;
     }
@@ -480,6 +547,8 @@ static void on_clienthello_io(struct session *s)
     if (r == CLIENTHELLO_NEED_MORE && buf_space(up) > 0)
         return;
     if (r == CLIENTHELLO_NOT_TLS) {
+        tls_failed(s, TLSFAIL_NOT_TLS);
+        session_set_outcome(s, s->client_greeted ? OUTCOME_PROTOCOL_ERROR : OUTCOME_TLS_FAILED);
         session_close(s, LOG_LEVEL_WARN, "%s",
                       s->client_greeted ? "command injection: cleartext after STARTTLS instead "
                                           "of a TLS handshake"
@@ -493,6 +562,8 @@ static void on_clienthello_io(struct session *s)
             terminate_client_tls(s);
             return;
         }
+        tls_failed(s, TLSFAIL_BAD_CLIENTHELLO);
+        session_set_outcome(s, OUTCOME_TLS_FAILED);
         session_close(
             s, LOG_LEVEL_INFO, "bad ClientHello: %s",
             clienthello_result_name(r == CLIENTHELLO_NEED_MORE ? CLIENTHELLO_TOO_LARGE : r));
@@ -500,17 +571,24 @@ static void on_clienthello_io(struct session *s)
     }
     if (!route_session(s, hello.has_sni ? hello.sni : NULL)) {
         /* A terminating listener refuses with alert unrecognized_name. */
-        if (s->listener->mode == MODE_TERMINATE)
+        if (s->listener->mode == MODE_TERMINATE) {
             terminate_client_tls(s);
-        else
+        } else {
+            tls_failed(s, TLSFAIL_UNKNOWN_SNI);
+            session_set_outcome(s, OUTCOME_NO_ROUTE);
             session_close(s, LOG_LEVEL_INFO, "no route for this SNI");
+        }
         return;
     }
     s->mode = route_mode(s->listener, s->route);
-    if (s->mode == MODE_TERMINATE)
+    if (s->mode == MODE_TERMINATE) {
         terminate_client_tls(s);
-    else
+    } else {
+        metrics_count(&s->metrics->tls_starts[s->service->tls == TLS_STARTTLS ? TLS_START_STARTTLS
+                                                                              : TLS_START_IMPLICIT],
+                      1);
         backend_connect(s);
+    }
 }
 
 /* ---- terminate: the client's TLS handshake --------------------------------- */
@@ -522,6 +600,7 @@ static void terminate_client_tls(struct session *s)
     struct buf *up = s->up;
     SSL *ssl = tls_store_accept(s->gen->store, s);
     if (!ssl || !conn_start_tls_replay(&s->client, ssl, up->data, up->len)) {
+        session_set_outcome(s, OUTCOME_INTERNAL_ERROR);
         session_close(s, LOG_LEVEL_ERROR, "out of memory for TLS");
         return;
     }
@@ -541,18 +620,30 @@ static void on_client_handshake_io(struct session *s)
         return;
     }
     if (r != CONN_DONE) {
-        if (s->sni_refused)
+        if (s->sni_refused) {
+            tls_failed(s, TLSFAIL_UNKNOWN_SNI);
+            session_set_outcome(s, OUTCOME_NO_ROUTE);
             session_close(s, LOG_LEVEL_INFO, "no route for this SNI (alert unrecognized_name)");
-        else if (s->alpn_refused)
+        } else if (s->alpn_refused) {
+            tls_failed(s, TLSFAIL_NO_ALPN);
+            session_set_outcome(s, OUTCOME_NO_ROUTE);
             session_close(s, LOG_LEVEL_WARN,
                           "client offered ALPN without '%s' (alert no_application_protocol)",
                           s->dialogue->alpn);
-        else
+        } else {
+            tls_failed(s, metrics_tls_failure_of(conn_error_reason()));
+            session_set_outcome(s, OUTCOME_TLS_FAILED);
             session_close(s, LOG_LEVEL_INFO, "client TLS handshake failed: %s", conn_error());
+        }
         return;
     }
+    metrics_count(&s->metrics->tls_starts[s->service->tls == TLS_STARTTLS ? TLS_START_STARTTLS
+                                                                          : TLS_START_IMPLICIT],
+                  1);
+    metrics_count(&s->metrics->tls_versions[metrics_tls_version_of(SSL_version(s->client.ssl))], 1);
     if (!s->route &&
         !session_route_by_sni(s, SSL_get_servername(s->client.ssl, TLSEXT_NAMETYPE_host_name))) {
+        session_set_outcome(s, OUTCOME_NO_ROUTE);
         session_close(s, LOG_LEVEL_INFO, "no route for this SNI");
         return;
     }
@@ -569,6 +660,8 @@ void session_start_relay(struct session *s)
     relay_init(&s->relay, &s->client, &s->backend, &s->up, &s->down, session_bufs(s),
                session_pipes(s));
     s->relay_started = true;
+    metrics_count(&s->gen->backend_metrics[s->target - s->gen->config->backends]->sessions, 1);
+    metrics_count(&s->gen->route_metrics[s->route - s->gen->config->routes]->sessions, 1);
     session_enter(s, SESSION_RELAY);
     session_arm_timer(s, s->listener->idle_timeout);
     on_relay_io(s, 0, 0); /* bytes buffered before the relay go out now */
@@ -790,6 +883,11 @@ static void refuse_client(struct listener *listener, int fd, const struct sockad
         (void)send(fd, reply.data, reply.len, MSG_DONTWAIT | MSG_NOSIGNAL);
     }
     close(fd);
+    struct generation *gen = listener->worker->gen;
+    struct metrics_listener *m = gen->listener_metrics[cfg - gen->config->listeners];
+    metrics_count(&m->connections[OUTCOME_REFUSED], 1);
+    metrics_count(
+        &m->refusals[verdict == CLIENT_TOO_MANY ? LIMIT_CLIENT_CONNECTIONS : LIMIT_CLIENT_RATE], 1);
     /* Refusals are cheap, their log lines are not: at most
      * REFUSALS_LOGGED_PER_SECOND a second, then one line with the count. */
     struct worker *worker = listener->worker;
@@ -810,10 +908,11 @@ static void refuse_client(struct listener *listener, int fd, const struct sockad
     worker->refusals_logged++;
     char addr[64];
     sock_addr_format(peer, addr, sizeof addr);
-    log_warn("session listener=%s client=%s worker=%u sni=- route=- backend=- backend_addr=- "
-             "mode=%s tls=- cipher=- bytes_in=0 bytes_out=0 duration=0.000s close=\"%s\"",
-             cfg->name, addr, worker->id, cfg->mode == MODE_TERMINATE ? "terminate" : "passthrough",
-             refusal_reason(verdict));
+    log_warn("session listener=%s client=%s worker=%u gen=%u sni=- route=- backend=- "
+             "backend_addr=- mode=%s tls=- cipher=- bytes_in=0 bytes_out=0 duration=0.000s "
+             "close=\"%s\"",
+             cfg->name, addr, worker->id, gen->number,
+             cfg->mode == MODE_TERMINATE ? "terminate" : "passthrough", refusal_reason(verdict));
 }
 
 /* Why a client over its address's limits was turned away. */
@@ -827,10 +926,13 @@ static const char *refusal_reason(enum client_verdict verdict)
  * named) and admitted: greet it, or wait for its TLS. */
 static void enter(struct session *s, enum session_state next, bool first)
 {
-    if (first)
+    if (first) {
+        metrics_phase_move(s->metrics, (enum metrics_phase)state_phases[s->state],
+                           (enum metrics_phase)state_phases[next]);
         s->state = next; /* the initial state: nothing to log */
-    else
+    } else {
         session_enter(s, next);
+    }
 }
 
 static void session_begin(struct session *s, bool first)
@@ -911,6 +1013,7 @@ static void on_proxy_header_io(struct session *s)
         if (r == PROXY_PARSE_BAD) {
             /* No reply (the protocol has not begun), but a FIN, not a reset. */
             snprintf(s->close_reason, sizeof s->close_reason, "bad PROXY header: %s", why);
+            session_set_outcome(s, OUTCOME_PROTOCOL_ERROR);
             s->close_level = LOG_LEVEL_WARN;
             begin_lingering(s);
             return;
@@ -942,6 +1045,10 @@ static void on_proxy_header_io(struct session *s)
         return;
     }
     s->client_slot = -1;
+    session_set_outcome(s, OUTCOME_REFUSED);
+    metrics_count(&s->metrics->refusals[verdict == CLIENT_TOO_MANY ? LIMIT_CLIENT_CONNECTIONS
+                                                                   : LIMIT_CLIENT_RATE],
+                  1);
     if (s->service->tls != TLS_STARTTLS || !session_held(s, &s->down)) {
         session_close(s, LOG_LEVEL_WARN, "%s", refusal_reason(verdict));
         return;
@@ -993,6 +1100,9 @@ void session_start(struct listener *listener, int fd, const struct sockaddr *pee
     s->server = server;
     s->gen = generation_hold(worker->gen);
     s->listener = cfg;
+    s->metrics = s->gen->listener_metrics[cfg - s->gen->config->listeners];
+    s->outcome = OUTCOME_UNSET;
+    metrics_phase_move(s->metrics, PHASE_NONE, (enum metrics_phase)state_phases[s->state]);
     s->mode = cfg->mode;
     s->service = service_info(cfg->service);
     s->dialogue = dialogue_for(s->service->proto);

@@ -12,6 +12,7 @@
 #include "buf.h"
 #include "dialogue/dialogue.h"
 #include "generation.h"
+#include "metrics.h"
 #include "health.h"
 #include "log.h"
 #include "proxy_header.h"
@@ -104,6 +105,8 @@ void backend_connect(struct session *s)
  * dropped, and the next one is tried. */
 void backend_failed(struct session *s, const char *why)
 {
+    metrics_count(&s->gen->backend_metrics[s->target - s->gen->config->backends]->connect_failures,
+                  1);
     health_failed(s->gen->health, HEALTH_SESSION, s->target, s->listener->service, s->target_addr,
                   ev_now(s->worker->loop), why);
     size_t k = 0;
@@ -162,6 +165,7 @@ static void start_backend_tls(struct session *s)
     SSL *ssl =
         ctx ? tls_client_new(ctx, backend->tls_name ? backend->tls_name : s->endpoint->host) : NULL;
     if (!ssl) {
+        session_set_outcome(s, OUTCOME_INTERNAL_ERROR);
         session_fail_with_reply(s, "cannot create backend TLS session");
         return;
     }
@@ -230,6 +234,7 @@ void backend_on_connected(struct session *s)
     enum tls_flavour flavour = s->endpoint->tls;
     if (s->mode == MODE_PASSTHROUGH && s->client.ssl) {
         /* Never: what sallyport decrypted must not pass for the client's TLS. */
+        session_set_outcome(s, OUTCOME_INTERNAL_ERROR);
         session_fail_with_reply(s, "internal error: passthrough of a terminated session");
         return;
     }

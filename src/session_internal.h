@@ -21,6 +21,7 @@
 struct worker;
 struct server;
 struct generation;
+struct metrics_listener;
 
 enum session_state {
     SESSION_PROXY_HEADER,      /* proxy_protocol listener: the load balancer's header first */
@@ -41,6 +42,7 @@ struct session {
     struct server *server;  /* what all workers share */
     struct generation *gen; /* held: the config it started on, until it closes */
     const struct cfg_listener *listener;
+    struct metrics_listener *metrics; /* the listener's counters (metrics.h) */
     const struct service_info *service;
     const struct dialogue *dialogue;
     enum session_state state;
@@ -103,6 +105,7 @@ struct session {
     bool has_local;
     char close_reason[200];
     enum log_level close_level;
+    uint8_t outcome; /* enum metrics_outcome once known; OUTCOME_UNSET until then */
 
     struct session *prev, *next;
 };
@@ -118,6 +121,8 @@ void session_arm_timer(struct session *s, double seconds);
 struct buf *session_held(struct session *s, struct buf **slot);
 /* True once sallyport terminated the client's TLS. */
 bool session_client_in_tls(const struct session *s);
+/* Says how the session ends, for the metrics; the first word stands. */
+void session_set_outcome(struct session *s, int outcome);
 /* Closes after telling the client why, where the protocol allows a reply. */
 void session_fail_with_reply(struct session *s, const char *reason);
 /* The backend is ready: bytes flow both ways from now on. */

@@ -725,7 +725,7 @@ static void test_unknown_section(void **state)
     (void)state;
     expect_errors(BASE "[frontend web]\nport = 25\n",
                   "cfg:10: frontend web: unknown section kind 'frontend' (expected global, "
-                  "certificate, listener, backend, route or mailbox)\n",
+                  "certificate, listener, backend, route, mailbox or metrics)\n",
                   1);
 }
 
@@ -1023,6 +1023,39 @@ static void test_mailbox_address_clash(void **state)
                   "line 20: a wildcard address takes the port on every address (give each its own "
                   "port)\n",
                   3);
+}
+
+/* [metrics]: one, unnamed, at a HOST:PORT of its own. */
+static void test_metrics_section(void **state)
+{
+    (void)state;
+    struct result r = load(BASE "[metrics]\naddress = 127.0.0.1:9465\n");
+    assert_non_null(r.cfg);
+    assert_true(r.cfg->metrics.set);
+    assert_string_equal(r.cfg->metrics.address, "127.0.0.1:9465");
+    assert_int_equal(port_of(&r.cfg->metrics.addr), 9465);
+    assert_int_equal(r.cfg->metrics.line, 10);
+    done(&r);
+    r = load(BASE);
+    assert_non_null(r.cfg);
+    assert_false(r.cfg->metrics.set);
+    done(&r);
+    expect_errors(BASE "[metrics]\naddress = [::]:465\n[metrics]\naddress = localhost\n"
+                       "[metrics m]\n[metrics]\nport = 1\n",
+                  "cfg:12: metrics: duplicate section ([metrics] is already defined at line 10)\n"
+                  "cfg:14: metrics m: [metrics] takes no name (write [metrics])\n"
+                  "cfg:15: metrics: duplicate section ([metrics] is already defined at line 10)\n"
+                  "cfg:11: address: [::]:465 is already used by [listener submissions] at line 1 "
+                  "(give each listener and mailbox its own address)\n",
+                  4);
+    expect_errors(BASE "[metrics]\naddress = 9465\n",
+                  "cfg:11: address: '9465' needs a host and a port (write HOST:PORT, e.g. "
+                  "127.0.0.1:9465)\n",
+                  1);
+    expect_errors(BASE "[metrics]\nport = 9465\n",
+                  "cfg:11: port: unknown key in [metrics] (expected address)\n"
+                  "cfg:10: metrics: missing required key 'address'\n",
+                  2);
 }
 
 static void test_backend_without_endpoints(void **state)
@@ -1323,6 +1356,7 @@ int main(void)
         cmocka_unit_test(test_no_route),
         cmocka_unit_test(test_listener_address_clash),
         cmocka_unit_test(test_mailbox_address_clash),
+        cmocka_unit_test(test_metrics_section),
         cmocka_unit_test(test_backend_without_endpoints),
         cmocka_unit_test(test_mailbox_errors),
         cmocka_unit_test(test_syntax_errors),
