@@ -325,6 +325,8 @@ def test_a_port_that_cannot_be_bound_refuses_the_reload(sallyport, ca, tmp_path)
     base = simple_config(ca, port, tmp_path / "box")
     sp = sallyport(base)
     with socket.socket() as holder:
+        # As free_port() checked it: a TIME_WAIT left on the port does not count.
+        holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         holder.bind(("127.0.0.1", taken))
         holder.listen()
         sp.config.write_text(base + f"[listener second]\nservice = submission\n"
