@@ -135,7 +135,8 @@ static bool announces_literal(const char *line, size_t len)
 static void check_state(const struct dialogue_server *ds, unsigned errors_before,
                         enum dialogue_action action)
 {
-    check(action == DIALOGUE_CONTINUE || action == DIALOGUE_STARTTLS || action == DIALOGUE_CLOSE);
+    check(action == DIALOGUE_CONTINUE || action == DIALOGUE_STARTTLS || action == DIALOGUE_CLOSE ||
+          action == DIALOGUE_QUIT);
     check(ds->errors >= errors_before && ds->errors <= errors_before + 1);
     check(ds->errors <= ds->max_errors);
     if (ds->errors == ds->max_errors)

@@ -85,8 +85,26 @@ static bool same_address(const struct sock_addr *a, const struct sock_addr *b)
  * and port: the same address, or a wildcard on the other's port and
  * family. The kernel refuses the second bind, except with SO_REUSEPORT
  * (workers > 1), where both would silently share the connections. */
-static bool addresses_overlap(const struct sock_addr *a, const struct sock_addr *b)
+/* `a` with an IPv4-mapped IPv6 address ([::ffff:192.0.2.1]) written as
+ * the IPv4 address it is to the kernel. */
+static struct sock_addr unmapped(const struct sock_addr *a)
 {
+    struct sock_addr out = *a;
+    const struct sockaddr_in6 *in6 = (const void *)&a->ss;
+    if (a->ss.ss_family != AF_INET6 || !IN6_IS_ADDR_V4MAPPED(&in6->sin6_addr))
+        return out;
+    struct sockaddr_in in4 = {.sin_family = AF_INET, .sin_port = in6->sin6_port};
+    memcpy(&in4.sin_addr, &in6->sin6_addr.s6_addr[12], 4);
+    memset(&out.ss, 0, sizeof out.ss);
+    memcpy(&out.ss, &in4, sizeof in4);
+    out.len = sizeof in4;
+    return out;
+}
+
+static bool addresses_overlap(const struct sock_addr *a_written, const struct sock_addr *b_written)
+{
+    struct sock_addr a_plain = unmapped(a_written), b_plain = unmapped(b_written);
+    const struct sock_addr *a = &a_plain, *b = &b_plain;
     if (address_port(a) != address_port(b))
         return false;
     if (same_address(a, b))
@@ -317,7 +335,8 @@ static void check_addresses(struct config_loader *ld)
             char section[128];
             snprintf(section, sizeof section, "[%s%s%s]", other_word, other_name ? " " : "",
                      other_name ? other_name : "");
-            if (same_address(addr, other))
+            struct sock_addr plain = unmapped(addr), other_plain = unmapped(other);
+            if (same_address(&plain, &other_plain))
                 config_report(ld, config_key_line(rec, "address"), key,
                               "%s is already used by %s at line %d (give each listener "
                               "and mailbox its own address)",

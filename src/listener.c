@@ -1,4 +1,5 @@
 #include <errno.h>
+#include <poll.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -7,6 +8,7 @@
 #include "generation.h"
 #include "log.h"
 #include "metrics.h"
+#include "overload.h"
 #include "server.h"
 #include "session.h"
 #include "worker.h"
@@ -16,6 +18,18 @@
 /* Connections accepted per readiness event, so one listener cannot starve others. */
 #define ACCEPT_BATCH 32
 
+/* True when a connection waits to be accepted on `fd`. */
+static bool connection_pending(int fd)
+{
+    struct pollfd p = {.fd = fd, .events = POLLIN};
+    return fd >= 0 && poll(&p, 1, 0) > 0 && (p.revents & POLLIN);
+}
+
+bool listener_pending(const struct listener *l)
+{
+    return connection_pending(l->fd);
+}
+
 static void on_accept(struct ev_loop *loop, ev_io *w, int revents)
 {
     (void)loop, (void)revents;
@@ -23,6 +37,15 @@ static void on_accept(struct ev_loop *loop, ev_io *w, int revents)
     struct server *server = l->worker->server;
     for (int i = 0; i < ACCEPT_BATCH; i++) {
         if (!server_reserve_session(server)) {
+            /* Full. Nobody waiting: the next connection wakes this again.
+             * Someone waiting: a client that has not begun TLS makes room,
+             * if this worker has one (overload.h); else pause until a slot
+             * frees. */
+            if (!connection_pending(l->fd))
+                return;
+            overload_pressure(server, OVERLOAD_CONNECTIONS);
+            if (session_evict_idle(l->worker, 1) > 0)
+                continue;
             struct generation *gen = l->worker->gen;
             metrics_count(&gen->listener_metrics[l->cfg - gen->config->listeners]->accept_paused,
                           1);
@@ -32,12 +55,21 @@ static void on_accept(struct ev_loop *loop, ev_io *w, int revents)
         }
         struct sockaddr_storage peer;
         socklen_t len = sizeof peer;
-        int fd = accept4(l->fd, (struct sockaddr *)&peer, &len, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        /* Admitted sessions come first: no accept until the descriptors
+         * they may need are held back again (worker.h). */
+        int fd = worker_refill_reserve(l->worker)
+                     ? accept4(l->fd, (struct sockaddr *)&peer, &len, SOCK_NONBLOCK | SOCK_CLOEXEC)
+                     : (errno = EMFILE, -1);
         if (fd < 0) {
             int err = errno;
             server_release_session(server);
             if (err == EAGAIN || err == EWOULDBLOCK || err == EINTR || err == ECONNABORTED)
                 return;
+            if (err == EMFILE || err == ENFILE) {
+                overload_pressure(server, OVERLOAD_DESCRIPTORS);
+                if (session_evict_idle(l->worker, OVERLOAD_EVICT_BATCH) > 0)
+                    continue; /* descriptors freed: accept again at once */
+            }
             if (err == EMFILE || err == ENFILE || err == ENOBUFS || err == ENOMEM) {
                 /* The pending connection stays queued; retrying now would spin. */
                 log_warn("listener %s: accept: %s; pausing %.0fs", l->cfg->name, strerror(err),
@@ -50,6 +82,10 @@ static void on_accept(struct ev_loop *loop, ev_io *w, int revents)
             log_error("listener %s: accept: %s", l->cfg->name, strerror(err));
             return;
         }
+        unsigned open = atomic_load(&server->nsessions);
+        if ((unsigned long long)open * 8 >=
+            (unsigned long long)atomic_load(&server->max_connections) * 7)
+            overload_pressure(server, OVERLOAD_CONNECTIONS);
         session_start(l, fd, (struct sockaddr *)&peer); /* takes the reserved slot */
     }
 }

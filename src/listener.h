@@ -2,7 +2,9 @@
  * clients and hands each to a new session. At the connection limit (all
  * workers' sessions count) the worker pauses all its listeners until a slot
  * frees; when the process runs out of file descriptors, a listener pauses
- * for a while instead of spinning. */
+ * for a while instead of spinning. Either way, a client waiting to be
+ * accepted first gets the place of a silent one if there is one old enough
+ * to give way (overload.h). */
 #ifndef SALLYPORT_LISTENER_H
 #define SALLYPORT_LISTENER_H
 
@@ -34,5 +36,8 @@ void listener_pause(struct listener *l);
 
 /* Stops accepting for good (the socket is the generation's to close). */
 void listener_stop(struct listener *l);
+
+/* True when a client waits to be accepted (even while paused). */
+bool listener_pending(const struct listener *l);
 
 #endif

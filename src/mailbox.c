@@ -351,6 +351,9 @@ static void accept_cb(struct ev_loop *loop, ev_io *w, int revents)
         int fd = accept4(mb->fd, (struct sockaddr *)&peer, &len, SOCK_NONBLOCK | SOCK_CLOEXEC);
         if (fd < 0 && (errno == EINTR || errno == ECONNABORTED))
             continue;
+        if (fd < 0 && (errno == EMFILE || errno == ENFILE) && mb->make_room &&
+            mb->make_room(mb->make_room_arg) > 0)
+            continue; /* descriptors freed: accept again at once */
         if (fd < 0 && (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM)) {
             /* Retrying at once would spin: pause accepting instead. */
             log_warn("mailbox %s: accept: %s; pausing for %.0fs", mb->cfg->name, strerror(errno),
@@ -421,6 +424,12 @@ struct mailbox *mailbox_start(struct ev_loop *loop, struct generation *gen, size
               sock_addr_format((const struct sockaddr *)&cfg->addr.ss, addr, sizeof addr),
               tls_flavour_name(cfg->tls), cfg->maildir, mb->users ? "required" : "off");
     return mb;
+}
+
+void mailbox_set_make_room(struct mailbox *mb, size_t (*make_room)(void *arg), void *arg)
+{
+    mb->make_room = make_room;
+    mb->make_room_arg = arg;
 }
 
 void mailbox_retire(struct mailbox *mb)

@@ -30,6 +30,10 @@ struct mailbox *mailbox_start(struct ev_loop *loop, struct generation *gen, size
  * the sessions go on. */
 void mailbox_retire(struct mailbox *mailbox);
 
+/* When accept runs out of descriptors, `make_room(arg)` is asked to free
+ * some (returning how many) before the mailbox pauses accepting. */
+void mailbox_set_make_room(struct mailbox *mailbox, size_t (*make_room)(void *arg), void *arg);
+
 /* Sessions this mailbox has open (on its worker). */
 size_t mailbox_session_count(const struct mailbox *mailbox);
 

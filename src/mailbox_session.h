@@ -37,6 +37,10 @@ struct mailbox {
     atomic_uint *open;                /* sessions of this mailbox in all workers */
     atomic_uint *total;               /* mailbox sessions in the whole process */
     struct buf_pool *bufs;            /* the worker's buffers */
+    /* Out of descriptors: frees some if it can (the worker closes idle
+     * client sessions, overload.h); returns how many. NULL: none. */
+    size_t (*make_room)(void *arg);
+    void *make_room_arg;
 };
 
 enum mailbox_state {

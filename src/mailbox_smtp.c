@@ -1,4 +1,5 @@
 /* mailbox_smtp — the mailbox's SMTP dialogue; see mailbox_smtp.h. */
+#include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -358,7 +359,11 @@ static void do_data(struct mailbox_session *s, char *args)
     (void)args;
     const struct mailbox *mb = s->mb;
     char err[256], date[64], trace[1024];
-    if (maildir_open(&s->delivery, mb->cfg->maildir, mb->hostname, err, sizeof err) < 0) {
+    int rc = maildir_open(&s->delivery, mb->cfg->maildir, mb->hostname, err, sizeof err);
+    if (rc < 0 && (errno == EMFILE || errno == ENFILE) && mb->make_room &&
+        mb->make_room(mb->make_room_arg) > 0) /* out of descriptors: the worker frees one */
+        rc = maildir_open(&s->delivery, mb->cfg->maildir, mb->hostname, err, sizeof err);
+    if (rc < 0) {
         log_error("mailbox %s: %s", mb->cfg->name, err);
         reply(s, "451 4.3.0 Error: cannot store the message now");
         return;

@@ -160,6 +160,7 @@ static const char *const outcome_names[OUTCOME_COUNT] = {
     [OUTCOME_BACKEND_FAILED] = "backend_failed",
     [OUTCOME_REFUSED] = "refused",
     [OUTCOME_SHUTDOWN] = "shutdown",
+    [OUTCOME_EVICTED] = "evicted",
     [OUTCOME_INTERNAL_ERROR] = "internal_error",
 };
 
@@ -374,6 +375,12 @@ static void render_server(struct metrics_text *out, const struct metrics_server_
     put(out, "sallyport_max_connections %u\n", view->max_connections);
     family(out, "sallyport_mailbox_sessions", "gauge", "Embedded mailbox sessions open.");
     put(out, "sallyport_mailbox_sessions %u\n", view->mailbox_sessions);
+    family(out, "sallyport_overload", "gauge",
+           "1 while overloaded: short cleartext and handshake timeouts, clients that have not "
+           "begun TLS closed to admit new ones.");
+    put(out, "sallyport_overload %d\n", view->overloaded);
+    family(out, "sallyport_overload_entered_total", "counter", "Times the overload state began.");
+    put(out, "sallyport_overload_entered_total %llu\n", (unsigned long long)view->overload_entered);
     family(out, "sallyport_log_lines_dropped_total", "counter",
            "Log lines dropped because the log reader was too slow.");
     put(out, "sallyport_log_lines_dropped_total %llu\n",

@@ -34,6 +34,7 @@ enum metrics_outcome {
     OUTCOME_BACKEND_FAILED, /* no backend could take it */
     OUTCOME_REFUSED,        /* over a per-client limit */
     OUTCOME_SHUTDOWN,       /* ended by a graceful stop */
+    OUTCOME_EVICTED,        /* closed before TLS to admit others (overload.h) */
     OUTCOME_INTERNAL_ERROR, /* out of memory or the like */
     OUTCOME_COUNT,
     OUTCOME_UNSET = OUTCOME_COUNT,
@@ -125,6 +126,8 @@ struct metrics_server_view {
     unsigned max_connections;
     unsigned mailbox_sessions;
     double start_time; /* Unix time */
+    bool overloaded;
+    uint64_t overload_entered;
     uint64_t log_lines_dropped;
 };
 

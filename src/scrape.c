@@ -17,6 +17,8 @@
 #define BODY_FIRST (64u << 10)
 /* Connections accepted per readiness event. */
 #define ACCEPT_BATCH 16
+/* Seconds to wait before accepting again after a failed accept. */
+#define ACCEPT_PAUSE 1.0
 
 struct scrape_conn {
     struct scrape *sc;
@@ -35,6 +37,7 @@ struct scrape {
     struct ev_loop *loop;
     struct server *server;
     ev_io accept_io;
+    ev_timer accept_pause; /* out of descriptors: accept again later */
     struct scrape_conn *conns;
     unsigned nconns;
 };
@@ -44,10 +47,11 @@ static void conn_free(struct scrape_conn *c)
     struct scrape *sc = c->sc;
     ev_io_stop(sc->loop, &c->io);
     ev_timer_stop(sc->loop, &c->timer);
-    /* Whatever the scraper sent beyond the head is read and dropped, so
-     * that the close is a FIN after the reply, not a reset before it. */
-    char scratch[512];
-    while (recv(c->fd, scratch, sizeof scratch, MSG_DONTWAIT) > 0)
+    /* Some of what the scraper sent beyond the head is read and dropped,
+     * so that the close is more likely a FIN after the reply than a reset
+     * before it; bounded, so that a sender cannot hold the loop here. */
+    char scratch[4096];
+    for (int i = 0; i < 4 && recv(c->fd, scratch, sizeof scratch, MSG_DONTWAIT) > 0; i++)
         ;
     close(c->fd);
     if (c->prev)
@@ -59,7 +63,7 @@ static void conn_free(struct scrape_conn *c)
     sc->nconns--;
     free(c->reply);
     free(c);
-    if (!ev_is_active(&sc->accept_io) && sc->fd >= 0)
+    if (!ev_is_active(&sc->accept_io) && !ev_is_active(&sc->accept_pause) && sc->fd >= 0)
         ev_io_start(sc->loop, &sc->accept_io); /* a slot is free again */
 }
 
@@ -76,6 +80,8 @@ static char *render(struct scrape *sc, size_t *len)
         .max_connections = atomic_load(&server->max_connections),
         .mailbox_sessions = atomic_load(&server->mailbox_sessions),
         .start_time = server->start_time,
+        .overloaded = atomic_load(&server->overloaded),
+        .overload_entered = atomic_load(&server->overload_entered),
         .log_lines_dropped = 0,
     };
     struct metrics_text text = {0};
@@ -223,8 +229,14 @@ static void on_accept(struct ev_loop *loop, ev_io *w, int revents)
         }
         int fd = accept4(sc->fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
         if (fd < 0) {
-            if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR && errno != ECONNABORTED)
-                log_warn("metrics: accept: %s", strerror(errno));
+            if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR || errno == ECONNABORTED)
+                return;
+            /* Out of descriptors (or worse): the connection stays queued,
+             * and retrying at once would spin. */
+            log_warn("metrics: accept: %s; pausing %.0fs", strerror(errno), ACCEPT_PAUSE);
+            ev_io_stop(loop, w);
+            ev_timer_set(&sc->accept_pause, ACCEPT_PAUSE, 0.);
+            ev_timer_start(loop, &sc->accept_pause);
             return;
         }
         struct scrape_conn *c = calloc(1, sizeof *c);
@@ -263,8 +275,18 @@ struct scrape *scrape_new(const struct sock_addr *addr, char *err, size_t errlen
     return sc;
 }
 
+static void on_accept_pause_over(struct ev_loop *loop, ev_timer *t, int revents)
+{
+    (void)revents;
+    struct scrape *sc = t->data;
+    if (sc->nconns < SCRAPE_CONNECTIONS_MAX)
+        ev_io_start(loop, &sc->accept_io);
+}
+
 void scrape_start(struct scrape *sc, struct ev_loop *loop, struct server *server)
 {
+    ev_init(&sc->accept_pause, on_accept_pause_over);
+    sc->accept_pause.data = sc;
     sc->loop = loop;
     sc->server = server;
     ev_io_init(&sc->accept_io, on_accept, sc->fd, EV_READ);
@@ -276,8 +298,10 @@ void scrape_free(struct scrape *sc)
 {
     if (!sc)
         return;
-    if (sc->loop)
+    if (sc->loop) {
         ev_io_stop(sc->loop, &sc->accept_io);
+        ev_timer_stop(sc->loop, &sc->accept_pause);
+    }
     int fd = sc->fd;
     sc->fd = -1; /* conn_free() must not start accepting again */
     while (sc->conns)

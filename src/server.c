@@ -11,6 +11,7 @@
 #include "mailbox.h"
 #include "metrics.h"
 #include "notify.h"
+#include "overload.h"
 #include "probe.h"
 #include "scrape.h"
 #include "server.h"
@@ -40,6 +41,12 @@ static void log_sockets(const struct generation *gen)
                  service_info(l->service)->name,
                  l->mode == MODE_TERMINATE ? "terminate" : "passthrough", l->idle_timeout);
     }
+}
+
+static void on_overload_check(struct ev_loop *loop, ev_timer *t, int revents)
+{
+    (void)loop, (void)revents;
+    overload_check(t->data);
 }
 
 static void on_ticket_rotation(struct ev_loop *loop, ev_timer *t, int revents)
@@ -78,6 +85,12 @@ int server_start(struct server *server, struct config *config, const char *path)
     atomic_init(&server->ending, false);
     ev_init(&server->ticket_rotation, on_ticket_rotation);
     server->ticket_rotation.data = server;
+    atomic_init(&server->overloaded, false);
+    atomic_init(&server->overload_seen_ms, 0);
+    atomic_init(&server->overload_entered, 0);
+    ev_init(&server->overload_check, on_overload_check);
+    server->overload_check.repeat = 1.0;
+    server->overload_check.data = server;
     unsigned nworkers = config->global.workers ? config->global.workers : worker_count_auto();
     server->tickets = tls_tickets_new();
     /* Room for every open connection's address and as many recent ones. */
@@ -176,6 +189,7 @@ int server_reload(struct server *server)
     struct generation *running = server->current;
     if (atomic_load(&server->draining)) {
         log_warn("reload: stopping already; not reloading");
+        metrics_reloaded(false);
         return -1;
     }
     notify_reloading();
@@ -254,8 +268,10 @@ int server_run(struct server *server)
         scrape_start(server->scrape, server->workers[0].loop, server);
     ev_timer_set(&server->ticket_rotation, TICKET_ROTATION, TICKET_ROTATION);
     ev_timer_start(server->workers[0].loop, &server->ticket_rotation);
+    ev_timer_again(server->workers[0].loop, &server->overload_check);
     ev_run(server->workers[0].loop, 0);
     ev_timer_stop(server->workers[0].loop, &server->ticket_rotation);
+    ev_timer_stop(server->workers[0].loop, &server->overload_check);
     prober_stop(server->prober);
     server->prober = NULL;
     atomic_store(&server->running, false); /* no more wake-ups: the loops are ending */

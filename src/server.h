@@ -50,6 +50,12 @@ struct server {
      * the protocol's goodbye where one can be said. */
     atomic_bool draining;
     atomic_bool ending;
+    /* The stress-adaptive state (overload.h): on, when a sign of it was
+     * last seen (ms, ev_time()), and how often it began. */
+    atomic_bool overloaded;
+    atomic_llong overload_seen_ms;
+    atomic_uint_fast64_t overload_entered;
+    ev_timer overload_check; /* worker 0's loop: ends the state once calm */
 };
 
 /* Builds generation 1 from `config` (taking it over; `path` is where a

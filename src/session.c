@@ -27,6 +27,7 @@
 #include "listener.h"
 #include "log.h"
 #include "metrics.h"
+#include "overload.h"
 #include "proxy_header.h"
 #include "relay.h"
 #include "route.h"
@@ -346,6 +347,42 @@ void session_goodbye(struct session *s)
     session_update(s);
 }
 
+/* A session that has done least: it has sent nothing at all for
+ * OVERLOAD_IDLE_MIN seconds, and has not begun TLS (a PROXY header or
+ * ClientHello still awaited, or the greeting of a STARTTLS listener sent
+ * and no command back). */
+static bool evictable(const struct session *s, double now)
+{
+    bool before_tls = s->state == SESSION_PROXY_HEADER || s->state == SESSION_CLIENTHELLO ||
+                      s->state == SESSION_CLEARTEXT;
+    return before_tls && s->bytes_in == 0 && now - s->started >= OVERLOAD_IDLE_MIN;
+}
+
+size_t session_evict_idle(struct worker *w, size_t max)
+{
+    size_t evicted = 0;
+    double now = ev_now(w->loop);
+    struct session *s = w->sessions;
+    while (s && s->next)
+        s = s->next; /* the oldest: sessions are added at the head */
+    while (s && evicted < max) {
+        struct session *newer = s->prev;
+        if (evictable(s, now)) {
+            if (s->state == SESSION_CLEARTEXT) {
+                /* The protocol's "try later", if the socket takes it now. */
+                struct buf reply = {.len = 0};
+                s->dialogue->unavailable_reply(s->listener->hostname, &reply);
+                (void)send(s->client.fd, reply.data, reply.len, MSG_DONTWAIT | MSG_NOSIGNAL);
+            }
+            session_set_outcome(s, OUTCOME_EVICTED);
+            session_abort(s, "evicted: overloaded, and it had said nothing");
+            evicted++;
+        }
+        s = newer;
+    }
+    return evicted;
+}
+
 struct session *session_next(const struct session *s)
 {
     return s->next;
@@ -381,7 +418,7 @@ static bool flush_client(struct session *s, int *wait)
 static void begin_client_tls(struct session *s)
 {
     s->starttls_pending = false;
-    session_arm_timer(s, s->gen->config->global.handshake_timeout);
+    session_arm_timer(s, overload_timeout(s->server, s->gen->config->global.handshake_timeout));
     session_enter(s, SESSION_CLIENTHELLO);
 }
 
@@ -411,7 +448,7 @@ static void run_dialogue(struct session *s)
         }
         size_t len = buf_line_length(up);
         size_t replies_before = down->len;
-        const char *close_why = "client quit in cleartext";
+        const char *close_why = "refused in cleartext (a literal before STARTTLS)";
         enum dialogue_action action;
         if (len == 0 && up->len <= DIALOGUE_LINE_MAX)
             return; /* wait for the rest of the line */
@@ -433,13 +470,15 @@ static void run_dialogue(struct session *s)
         switch (action) {
         case DIALOGUE_CONTINUE:
             break;
+        case DIALOGUE_QUIT:
         case DIALOGUE_CLOSE:
             snprintf(s->close_reason, sizeof s->close_reason, "%s", close_why);
-            if (s->ds.errors >= s->ds.max_errors)
+            if (action == DIALOGUE_QUIT)
+                snprintf(s->close_reason, sizeof s->close_reason, "client quit in cleartext");
+            else if (s->ds.errors >= s->ds.max_errors)
                 snprintf(s->close_reason, sizeof s->close_reason, "too many errors");
-            session_set_outcome(s, strcmp(s->close_reason, "client quit in cleartext") == 0
-                                       ? OUTCOME_CLIENT_CLOSED
-                                       : OUTCOME_PROTOCOL_ERROR);
+            session_set_outcome(s, action == DIALOGUE_QUIT ? OUTCOME_CLIENT_CLOSED
+                                                           : OUTCOME_PROTOCOL_ERROR);
             session_enter(s, SESSION_DRAINING);
             session_arm_timer(s, DRAIN_TIMEOUT);
             return;
@@ -868,6 +907,13 @@ static void session_update(struct session *s)
 
 /* ---- accept --------------------------------------------------------------- */
 
+/* The counters of the listener a connection came to. */
+static struct metrics_listener *listener_metrics(const struct listener *l)
+{
+    const struct generation *gen = l->worker->gen;
+    return gen->listener_metrics[l->cfg - gen->config->listeners];
+}
+
 /* Turns away a client over its address's limits, before any session exists:
  * one non-blocking write of the protocol's refusal where the client expects
  * a cleartext greeting (an implicit-TLS client just sees the close, as a TLS
@@ -884,7 +930,7 @@ static void refuse_client(struct listener *listener, int fd, const struct sockad
     }
     close(fd);
     struct generation *gen = listener->worker->gen;
-    struct metrics_listener *m = gen->listener_metrics[cfg - gen->config->listeners];
+    struct metrics_listener *m = listener_metrics(listener);
     metrics_count(&m->connections[OUTCOME_REFUSED], 1);
     metrics_count(
         &m->refusals[verdict == CLIENT_TOO_MANY ? LIMIT_CLIENT_CONNECTIONS : LIMIT_CLIENT_RATE], 1);
@@ -945,10 +991,10 @@ static void session_begin(struct session *s, bool first)
         s->dialogue->greet(&s->ds, s->down);
         s->client_greeted = true;
         enter(s, SESSION_CLEARTEXT, first);
-        session_arm_timer(s, global->plaintext_timeout);
+        session_arm_timer(s, overload_timeout(s->server, global->plaintext_timeout));
     } else {
         enter(s, SESSION_CLIENTHELLO, first);
-        session_arm_timer(s, global->handshake_timeout);
+        session_arm_timer(s, overload_timeout(s->server, global->handshake_timeout));
     }
 }
 
@@ -1073,6 +1119,7 @@ void session_start(struct listener *listener, int fd, const struct sockaddr *pee
             char addr[64];
             log_warn("listener %s: connection from %s, which is not in proxy_trusted: closed",
                      cfg->name, sock_addr_format(peer, addr, sizeof addr));
+            metrics_count(&listener_metrics(listener)->connections[OUTCOME_REFUSED], 1);
             close(fd);
             server_release_session(server);
             return;
@@ -1088,6 +1135,7 @@ void session_start(struct listener *listener, int fd, const struct sockaddr *pee
     struct session *s = calloc(1, sizeof *s);
     if (!s) {
         log_error("out of memory: refusing a connection");
+        metrics_count(&listener_metrics(listener)->connections[OUTCOME_INTERNAL_ERROR], 1);
         server_release_client(server, slot);
         server_release_session(server);
         close(fd);
@@ -1124,7 +1172,7 @@ void session_start(struct listener *listener, int fd, const struct sockaddr *pee
 
     if (cfg->proxy_protocol) {
         s->state = SESSION_PROXY_HEADER; /* the initial state: nothing to log */
-        session_arm_timer(s, s->gen->config->global.handshake_timeout);
+        session_arm_timer(s, overload_timeout(server, s->gen->config->global.handshake_timeout));
     } else {
         session_begin(s, true);
     }

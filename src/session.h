@@ -4,10 +4,12 @@
 #ifndef SALLYPORT_SESSION_H
 #define SALLYPORT_SESSION_H
 
+#include <stddef.h>
 #include <sys/socket.h>
 
 struct listener;
 struct session;
+struct worker;
 
 /* Takes ownership of the accepted, non-blocking `fd` and of the slot the
  * listener reserved under max_connections (server_reserve_session()), and
@@ -23,6 +25,13 @@ void session_abort(struct session *s, const char *reason);
  * gets the protocol's "try later" (421, * BYE, -ERR, BYE) first; a relayed
  * session is closed, as sallyport cannot know where the stream is. */
 void session_goodbye(struct session *s);
+
+/* Overload (overload.h): closes up to `max` of the worker's sessions that
+ * have sent nothing for OVERLOAD_IDLE_MIN seconds and not begun TLS,
+ * oldest first; a cleartext one first gets the protocol's "try later".
+ * Never one that sent a byte, so never one in TLS or relaying. Returns how
+ * many it closed (their descriptors and slots are free on return). */
+size_t session_evict_idle(struct worker *w, size_t max);
 
 /* The next session of the worker's list (safe to take before a goodbye). */
 struct session *session_next(const struct session *s);

@@ -13,10 +13,12 @@
 #include "dialogue/dialogue.h"
 #include "generation.h"
 #include "metrics.h"
+#include "overload.h"
 #include "health.h"
 #include "log.h"
 #include "proxy_header.h"
 #include "server.h"
+#include "session.h"
 #include "session_internal.h"
 #include "sock.h"
 #include "tls.h"
@@ -77,6 +79,13 @@ static void try_backend(struct session *s, const char *why)
     session_arm_timer(s, timeout < left ? timeout : left);
     session_enter(s, SESSION_CONNECTING);
     int fd = sock_connect(&s->endpoint->addrs[s->target_addr]);
+    if (fd < 0 && (errno == EMFILE || errno == ENFILE)) {
+        /* Idle clients that have not begun TLS make room (overload.h). */
+        overload_pressure(s->server, OVERLOAD_DESCRIPTORS);
+        if (worker_release_reserve(s->worker) > 0 ||
+            session_evict_idle(s->worker, OVERLOAD_EVICT_BATCH) > 0)
+            fd = sock_connect(&s->endpoint->addrs[s->target_addr]);
+    }
     if (fd < 0) {
         char reason[160];
         snprintf(reason, sizeof reason, "backend connect failed: %s", strerror(errno));

@@ -1,4 +1,5 @@
 #include <errno.h>
+#include <sys/eventfd.h>
 #include <sched.h>
 #include <signal.h>
 #include <stdlib.h>
@@ -9,6 +10,7 @@
 #include "listener.h"
 #include "log.h"
 #include "mailbox.h"
+#include "overload.h"
 #include "server.h"
 #include "session.h"
 #include "worker.h"
@@ -104,6 +106,23 @@ static void on_wake(struct ev_loop *loop, ev_async *a, int revents)
         worker_resume_at_limit(w);
 }
 
+static void on_evict_retry(struct ev_loop *loop, ev_timer *t, int revents)
+{
+    (void)loop, (void)revents;
+    struct worker *w = t->data;
+    if (!atomic_load(&w->paused_at_limit)) {
+        ev_timer_stop(loop, t);
+        return;
+    }
+    for (size_t i = 0; i < w->nlisteners; i++) {
+        if (listener_pending(&w->listeners[i])) {
+            /* The freed slot wakes the paused workers: server_release_session(). */
+            session_evict_idle(w, 1);
+            return;
+        }
+    }
+}
+
 /* Frees the retired mailboxes whose last session has closed. */
 static void on_sweep(struct ev_loop *loop, ev_timer *t, int revents)
 {
@@ -119,6 +138,46 @@ static void on_sweep(struct ev_loop *loop, ev_timer *t, int revents)
     w->nretired = kept;
     if (kept == 0)
         ev_timer_stop(loop, t);
+}
+
+/* A mailbox ran out of descriptors: idle client sessions of this worker
+ * make room (overload.h). */
+static size_t make_room(void *arg)
+{
+    struct worker *w = arg;
+    overload_pressure(w->server, OVERLOAD_DESCRIPTORS);
+    size_t freed = worker_release_reserve(w);
+    return freed ? freed : session_evict_idle(w, OVERLOAD_EVICT_BATCH);
+}
+
+size_t worker_release_reserve(struct worker *w)
+{
+    for (size_t i = 0; i < WORKER_RESERVE_FDS; i++) {
+        if (w->reserve[i] >= 0) {
+            close(w->reserve[i]);
+            w->reserve[i] = -1;
+            return 1;
+        }
+    }
+    return 0;
+}
+
+/* At exit: every reserved descriptor. */
+static void close_reserve(struct worker *w)
+{
+    while (worker_release_reserve(w) > 0)
+        ;
+}
+
+bool worker_refill_reserve(struct worker *w)
+{
+    bool whole = true;
+    for (size_t i = 0; i < WORKER_RESERVE_FDS; i++) {
+        if (w->reserve[i] < 0)
+            w->reserve[i] = eventfd(0, EFD_CLOEXEC);
+        whole = whole && w->reserve[i] >= 0;
+    }
+    return whole;
 }
 
 /* Listeners and mailboxes for w->gen, on its sockets. Returns 0, or -1
@@ -137,6 +196,7 @@ static int worker_open(struct worker *w)
             mailbox_start(w->loop, w->gen, i, w->id, &w->bufs, &w->server->mailbox_sessions);
         if (!w->mailboxes[i])
             return -1;
+        mailbox_set_make_room(w->mailboxes[i], make_room, w);
         w->nmailboxes++;
     }
     for (size_t i = 0; i < config->nlisteners; i++) {
@@ -202,6 +262,9 @@ int worker_init(struct worker *w, struct server *server, unsigned id)
     w->id = id;
     atomic_init(&w->stopping, false);
     atomic_init(&w->paused_at_limit, false);
+    for (size_t i = 0; i < WORKER_RESERVE_FDS; i++)
+        w->reserve[i] = -1;
+    worker_refill_reserve(w);
     buf_pool_init(&w->bufs, SPARE_BUFFERS_MAX);
     w->loop = id == 0 ? ev_default_loop(0) : ev_loop_new(EVFLAG_AUTO);
     if (!w->loop || pipe_pool_init(&w->pipes, SPARE_PIPES_MAX) < 0) {
@@ -211,6 +274,9 @@ int worker_init(struct worker *w, struct server *server, unsigned id)
     ev_async_init(&w->wake, on_wake);
     w->wake.data = w;
     ev_async_start(w->loop, &w->wake);
+    ev_init(&w->evict_retry, on_evict_retry);
+    w->evict_retry.repeat = 1.0;
+    w->evict_retry.data = w;
     ev_init(&w->sweep, on_sweep);
     w->sweep.repeat = 1.0;
     w->sweep.data = w;
@@ -270,6 +336,8 @@ void worker_pause_at_limit(struct worker *w)
     for (size_t i = 0; i < w->nlisteners; i++)
         listener_pause(&w->listeners[i]);
     atomic_store(&w->paused_at_limit, true);
+    if (!ev_is_active(&w->evict_retry))
+        ev_timer_again(w->loop, &w->evict_retry);
     /* A slot may have freed since the reservation failed, before the flag
      * was up for server_release_session() to see. */
     if (atomic_load(&w->server->nsessions) < atomic_load(&w->server->max_connections))
@@ -295,7 +363,9 @@ void worker_free(struct worker *w)
     if (w->loop) {
         ev_timer_stop(w->loop, &w->drain_check);
         ev_timer_stop(w->loop, &w->sweep);
+        ev_timer_stop(w->loop, &w->evict_retry);
     }
+    close_reserve(w);
     for (size_t i = 0; i < w->nlisteners; i++)
         listener_stop(&w->listeners[i]);
     while (w->sessions)

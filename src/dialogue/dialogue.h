@@ -25,7 +25,8 @@
 enum dialogue_action {
     DIALOGUE_CONTINUE, /* reply queued (if any); keep reading lines */
     DIALOGUE_STARTTLS, /* go-ahead queued; the next bytes must be a ClientHello */
-    DIALOGUE_CLOSE,    /* final reply queued; close once it is written */
+    DIALOGUE_CLOSE,    /* final reply queued; close once it is written (an error) */
+    DIALOGUE_QUIT,     /* the client said goodbye; reply queued, close once written */
 };
 
 /* Server-side state of one client's cleartext phase. */

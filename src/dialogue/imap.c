@@ -68,7 +68,7 @@ static enum dialogue_action imap_logout(struct dialogue_server *ds, const char *
         return imap_error(ds, out, "BAD LOGOUT takes no arguments");
     dialogue_printf(out, "* BYE %s logging out\r\n%s OK LOGOUT completed\r\n", ds->hostname,
                     ds->tag);
-    return DIALOGUE_CLOSE;
+    return DIALOGUE_QUIT;
 }
 
 static enum dialogue_action imap_starttls(struct dialogue_server *ds, const char *args,

@@ -52,7 +52,7 @@ static enum dialogue_action pop3_quit(struct dialogue_server *ds, const char *li
 {
     (void)line, (void)len;
     dialogue_printf(out, "+OK %s signing off\r\n", ds->hostname);
-    return DIALOGUE_CLOSE;
+    return DIALOGUE_QUIT;
 }
 
 struct pop3_command {

@@ -64,7 +64,7 @@ static enum dialogue_action sieve_logout(struct dialogue_server *ds, const char 
 {
     (void)ds, (void)line, (void)len;
     buf_append_str(out, "OK \"Logout completed\"\r\n");
-    return DIALOGUE_CLOSE;
+    return DIALOGUE_QUIT;
 }
 
 static enum dialogue_action sieve_starttls(struct dialogue_server *ds, const char *line, size_t len,

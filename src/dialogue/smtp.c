@@ -61,7 +61,7 @@ static enum dialogue_action smtp_quit(struct dialogue_server *ds, const char *li
 {
     (void)line, (void)len;
     dialogue_printf(out, "221 2.0.0 %s Bye\r\n", ds->hostname);
-    return DIALOGUE_CLOSE;
+    return DIALOGUE_QUIT;
 }
 
 static enum dialogue_action smtp_starttls(struct dialogue_server *ds, const char *line, size_t len,

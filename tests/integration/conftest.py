@@ -144,10 +144,11 @@ def with_test_workers(config_text):
 class Sallyport:
     """One running sallyport process with a given config."""
 
-    def __init__(self, directory: Path, config_text: str, name="sallyport", hosts=None):
+    def __init__(self, directory: Path, config_text: str, name="sallyport", hosts=None,
+                 nofile=None):
         """hosts: the text of an /etc/hosts that this sallyport alone sees
         (bind-mounted in a mount namespace of its own), e.g. to give a backend
-        name several addresses."""
+        name several addresses. nofile: its RLIMIT_NOFILE (prlimit(1))."""
         config_text = with_test_workers(config_text)
         self.dir = directory
         self.expected_exit = False  # set by tests that make sallyport exit on purpose
@@ -161,6 +162,8 @@ class Sallyport:
             hosts_file.write_text(hosts)
             prefix = ["unshare", "--mount", "sh", "-c",
                       'mount --bind "$0" /etc/hosts && exec "$@"', str(hosts_file)]
+        if nofile is not None:
+            prefix = prefix + ["prlimit", f"--nofile={nofile}:{nofile}", "--"]
         self.proc = subprocess.Popen(prefix + WRAPPER + [SALLYPORT, "-c", str(self.config)],
                                      stdout=self._log, stderr=subprocess.STDOUT,
                                      stdin=subprocess.DEVNULL)
@@ -207,8 +210,8 @@ def sallyport(tmp_path):
     """Factory: sallyport(config_text, name=...) starts a process and waits until ready."""
     started = []
 
-    def start(config_text, name="sallyport", hosts=None):
-        sp = Sallyport(tmp_path, config_text, name, hosts)
+    def start(config_text, name="sallyport", hosts=None, nofile=None):
+        sp = Sallyport(tmp_path, config_text, name, hosts, nofile)
         started.append(sp)
         return sp
 

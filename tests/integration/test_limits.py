@@ -168,6 +168,10 @@ def test_max_connections_pauses_accept_and_resumes(sallyport, ca):
     try:
         for s in held:
             assert first_bytes(s).startswith(greeting)
+            # A client that has said something is never closed to make room
+            # (test_overload.py): the limit holds it off.
+            s.sendall(b"NOOP\r\n")
+            assert first_bytes(s).startswith(b"250")
         waiting = connect(port)  # queued by the kernel, not accepted
         held.append(waiting)
         sp.wait_log("the max_connections limit; pausing accept")
@@ -207,6 +211,8 @@ def test_out_of_file_descriptors(tmp_path, ca):
         wait_for(lambda: b"sallyport ready" in log_path.read_bytes(), TIMEOUT, what="ready")
         for _ in range(limit + 10):
             held.append(connect(port))
+            # Said something: never closed to make room (test_overload.py).
+            held[-1].sendall(b"NOOP\r\n")
         wait_for(lambda: b"Too many open files; pausing" in log_path.read_bytes(), TIMEOUT,
                  what="the EMFILE back-off")
         greeted = []

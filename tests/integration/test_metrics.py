@@ -242,6 +242,39 @@ def test_sessions_open_by_phase(gateway):
              TIMEOUT, what="every phase gauge back at 0")
 
 
+def test_every_connection_has_one_outcome(gateway):
+    """Cleartext endings: a QUIT is the client's own close, bytes pipelined
+    behind STARTTLS are a protocol error; each connection is counted once,
+    and every phase gauge is back at 0 after."""
+    gw = gateway
+    with connect(gw.ports["smtp"]) as s:
+        read_reply(s)
+        s.sendall(b"QUIT\r\n")
+        assert read_reply(s).startswith(b"221")
+    with connect(gw.ports["smtp"]) as s:
+        read_reply(s)
+        s.sendall(b"EHLO x\r\n")
+        read_reply(s)
+        s.sendall(b"STARTTLS\r\nRSET\r\n")
+        assert s.recv(100) == b""
+    send_implicit(gw, MAIL, "one")
+
+    def smtp(m, outcome):
+        return value(m, "sallyport_connections_total", listener="smtp", service="submission",
+                     outcome=outcome)
+
+    def settled():
+        m = gw.scrape()
+        total = sum(v for (n, ls), v in m.items() if n == "sallyport_connections_total")
+        return m if total == 3 else None
+    m = wait_for(settled, TIMEOUT, what="three connections counted")
+    assert smtp(m, "client_closed") == 1
+    assert smtp(m, "protocol_error") == 1
+    assert value(m, "sallyport_connections_total", listener="smtps", service="submissions",
+                 outcome="relayed") == 1
+    assert all(v == 0 for (n, ls), v in m.items() if n == "sallyport_sessions")
+
+
 def test_limit_refusals(gateway):
     gw = gateway
     held = [connect(gw.ports["smtp"]) for _ in range(3)]

@@ -71,6 +71,9 @@ def test_max_connections_counts_all_workers(sallyport, ca):
     try:
         for s in held:
             assert greeting(s).startswith(b"220 ")
+            # Said something: never closed to make room (test_overload.py).
+            s.sendall(b"NOOP\r\n")
+            assert greeting(s).startswith(b"250")
         # However the kernel spreads them, no worker may accept these now.
         extra = [connect(port) for _ in range(6)]
         sp.wait_log("the max_connections limit; pausing accept")

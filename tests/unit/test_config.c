@@ -1023,6 +1023,14 @@ static void test_mailbox_address_clash(void **state)
                   "line 20: a wildcard address takes the port on every address (give each its own "
                   "port)\n",
                   3);
+    /* An IPv4-mapped IPv6 address is the IPv4 address to the kernel. */
+    expect_errors(BASE
+                  "[listener mapped]\nservice = submission\naddress = [::ffff:127.0.0.1]:2525\n"
+                  "mode = passthrough\n"
+                  "[mailbox box]\naddress = 127.0.0.1:2525\nmaildir = /tmp/m\n",
+                  "cfg:15: address: 127.0.0.1:2525 is already used by [listener mapped] at line 10 "
+                  "(give each listener and mailbox its own address)\n",
+                  1);
 }
 
 /* [metrics]: one, unnamed, at a HOST:PORT of its own. */

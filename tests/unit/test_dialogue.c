@@ -148,7 +148,7 @@ static void test_noop_rset(void **state)
 static void test_quit(void **state)
 {
     struct fx *f = *state;
-    assert_int_equal(server_line(f, "QUIT"), DIALOGUE_CLOSE);
+    assert_int_equal(server_line(f, "QUIT"), DIALOGUE_QUIT);
     assert_out(&f->out, "221 2.0.0 " HOST " Bye\r\n");
 }
 
@@ -188,7 +188,7 @@ static void test_case_insensitive(void **state)
     assert_int_equal(server_line(f, "StartTLS"), DIALOGUE_STARTTLS);
     assert_out(&f->out, "220 2.0.0 Ready to start TLS\r\n");
     assert_int_equal(server_line(f, "starttls"), DIALOGUE_STARTTLS);
-    assert_int_equal(server_line(f, "quit"), DIALOGUE_CLOSE);
+    assert_int_equal(server_line(f, "quit"), DIALOGUE_QUIT);
     assert_out(&f->out, "221 2.0.0 " HOST " Bye\r\n");
     assert_int_equal(f->ds.errors, 0);
 }

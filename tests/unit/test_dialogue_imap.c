@@ -76,8 +76,7 @@ static void test_noop(void **state)
 static void test_logout(void **state)
 {
     struct fx *f = *state;
-    expect(f, "c LOGOUT", DIALOGUE_CLOSE,
-           "* BYE " HOST " logging out\r\nc OK LOGOUT completed\r\n");
+    expect(f, "c LOGOUT", DIALOGUE_QUIT, "* BYE " HOST " logging out\r\nc OK LOGOUT completed\r\n");
     assert_int_equal(f->ds.errors, 0);
 }
 
@@ -112,8 +111,7 @@ static void test_case_insensitive(void **state)
     expect(f, "B noOp", DIALOGUE_CONTINUE, "B OK NOOP completed\r\n");
     expect(f, "x1 StartTls", DIALOGUE_STARTTLS, "x1 OK Begin TLS negotiation now\r\n");
     expect(f, "e login u p", DIALOGUE_CONTINUE, "e" PRIVACY);
-    expect(f, "q Logout", DIALOGUE_CLOSE,
-           "* BYE " HOST " logging out\r\nq OK LOGOUT completed\r\n");
+    expect(f, "q Logout", DIALOGUE_QUIT, "* BYE " HOST " logging out\r\nq OK LOGOUT completed\r\n");
 }
 
 static void test_login_refused(void **state)

@@ -114,7 +114,7 @@ static void test_stls_after_errors(void **state)
 static void test_quit(void **state)
 {
     struct fx *f = *state;
-    expect(f, "QUIT", DIALOGUE_CLOSE, "+OK " HOST " signing off\r\n");
+    expect(f, "QUIT", DIALOGUE_QUIT, "+OK " HOST " signing off\r\n");
     assert_int_equal(f->ds.errors, 0);
 }
 
@@ -125,7 +125,7 @@ static void test_case_insensitive(void **state)
     expect(f, "Stls", DIALOGUE_STARTTLS, GO_AHEAD);
     expect(f, "stls", DIALOGUE_STARTTLS, GO_AHEAD);
     expect(f, "user bob", DIALOGUE_CONTINUE, MUST_STLS);
-    expect(f, "qUiT", DIALOGUE_CLOSE, "+OK " HOST " signing off\r\n");
+    expect(f, "qUiT", DIALOGUE_QUIT, "+OK " HOST " signing off\r\n");
     assert_int_equal(f->ds.errors, 1);
 }
 

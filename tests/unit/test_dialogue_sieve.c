@@ -120,7 +120,7 @@ static void test_starttls_after_errors(void **state)
 static void test_logout(void **state)
 {
     struct fx *f = *state;
-    expect(f, "LOGOUT", DIALOGUE_CLOSE, "OK \"Logout completed\"\r\n");
+    expect(f, "LOGOUT", DIALOGUE_QUIT, "OK \"Logout completed\"\r\n");
     assert_int_equal(f->ds.errors, 0);
 }
 
@@ -138,7 +138,7 @@ static void test_case_insensitive(void **state)
     expect(f, "Noop", DIALOGUE_CONTINUE, "OK \"NOOP completed\"\r\n");
     expect(f, "authenticate \"PLAIN\"", DIALOGUE_CONTINUE, ENCRYPT);
     expect(f, "StartTls", DIALOGUE_STARTTLS, GO_AHEAD);
-    expect(f, "logout", DIALOGUE_CLOSE, "OK \"Logout completed\"\r\n");
+    expect(f, "logout", DIALOGUE_QUIT, "OK \"Logout completed\"\r\n");
 }
 
 static void test_authenticate_refused(void **state)
