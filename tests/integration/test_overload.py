@@ -10,7 +10,7 @@ import socket
 import pytest
 
 from conftest import free_port, wait_for
-from fakebackend import connect, read_reply
+from fakebackend import read_reply
 from smtp_helpers import (
     LoopbackSMTP, client_context, issue, maildir_messages, session_lines, wait_maildir)
 
