@@ -519,6 +519,7 @@ void config_free(struct config *config)
         return;
     free(config->file);
     free(config->global.user);
+    free(config->global.syslog_socket);
     for (size_t i = 0; i < config->ncertificates; i++) {
         struct cfg_certificate *c = &config->certificates[i];
         free(c->name);
