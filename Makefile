@@ -34,19 +34,23 @@ $(BUILD)/%.o: %.c
 
 # Unit tests: tests/unit/test_X.c links only the modules it names in
 # TEST_MODULES_test_X (STYLE.md: a unit test links only its module).
+# Logging is four modules (log.c and what its writer thread uses).
+LOG_MODULES := log log_line log_queue log_sink
 TEST_MODULES_test_clienthello := clienthello
-TEST_MODULES_test_config      := config config_read config_value client_table service sock tls log \
-                                 dialogue/smtp dialogue/imap dialogue/pop3 dialogue/sieve dialogue/dialogue
-TEST_MODULES_test_mailbox     := smtp_data smtp_syntax userdb maildir log
-TEST_MODULES_test_dialogue    := dialogue/smtp dialogue/imap dialogue/pop3 dialogue/sieve dialogue/dialogue log
-TEST_MODULES_test_dialogue_imap  := dialogue/smtp dialogue/imap dialogue/pop3 dialogue/sieve dialogue/dialogue log
-TEST_MODULES_test_dialogue_pop3  := dialogue/smtp dialogue/imap dialogue/pop3 dialogue/sieve dialogue/dialogue log
-TEST_MODULES_test_dialogue_sieve := dialogue/smtp dialogue/imap dialogue/pop3 dialogue/sieve dialogue/dialogue log
-TEST_MODULES_test_route       := route tls log
+TEST_MODULES_test_config      := config config_read config_value client_table service sock tls \
+                                 $(LOG_MODULES) dialogue/smtp dialogue/imap dialogue/pop3 \
+                                 dialogue/sieve dialogue/dialogue
+TEST_MODULES_test_mailbox     := smtp_data smtp_syntax userdb maildir $(LOG_MODULES)
+TEST_MODULES_test_dialogue    := dialogue/smtp dialogue/imap dialogue/pop3 dialogue/sieve dialogue/dialogue $(LOG_MODULES)
+TEST_MODULES_test_dialogue_imap  := dialogue/smtp dialogue/imap dialogue/pop3 dialogue/sieve dialogue/dialogue $(LOG_MODULES)
+TEST_MODULES_test_dialogue_pop3  := dialogue/smtp dialogue/imap dialogue/pop3 dialogue/sieve dialogue/dialogue $(LOG_MODULES)
+TEST_MODULES_test_dialogue_sieve := dialogue/smtp dialogue/imap dialogue/pop3 dialogue/sieve dialogue/dialogue $(LOG_MODULES)
+TEST_MODULES_test_route       := route tls $(LOG_MODULES)
 TEST_MODULES_test_client_table := client_table
 TEST_MODULES_test_pools        := buf_pool pipe_pool
 TEST_MODULES_test_proxy_header := proxy_header
-TEST_MODULES_test_metrics     := metrics health service sock log
+TEST_MODULES_test_metrics     := metrics health service sock $(LOG_MODULES)
+TEST_MODULES_test_log          := $(LOG_MODULES)
 UNIT_SRCS := $(wildcard tests/unit/test_*.c)
 UNIT_BINS := $(UNIT_SRCS:tests/unit/%.c=$(BUILD)/tests/%)
 .SECONDEXPANSION:
@@ -101,7 +105,7 @@ valgrind: $(BIN)
 # The tests that run several workers (threads), against a ThreadSanitizer
 # build: a data race is reported in the daemon's log, which fails the test.
 TSAN_VARS := CC=clang BUILD=build/tsan BIN=build/tsan/sallyport OPT="-O1 -g -fsanitize=thread"
-TSAN_TESTS ?= test_workers.py test_pooled_relay.py test_reload.py test_metrics.py
+TSAN_TESTS ?= test_workers.py test_pooled_relay.py test_reload.py test_metrics.py test_logs.py
 tsan:
 	$(MAKE) $(TSAN_VARS) build/tsan/sallyport
 	cd tests/integration && SALLYPORT=$(abspath build/tsan/sallyport) \
@@ -209,14 +213,16 @@ FUZZ_SECONDS       ?= 60
 FUZZ_SMOKE_SECONDS ?= 8
 FUZZ_CFLAGS := -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined -g -O1 \
 	$(CSTD) $(WARN) $(PKG_CFLAGS) -Isrc
-FUZZ_TARGETS := clienthello dialogue_server dialogue_backend smtp_data config proxy_header
+FUZZ_TARGETS := clienthello dialogue_server dialogue_backend smtp_data config proxy_header log_line
 FUZZ_DIALOGUE_SRCS := src/dialogue/smtp.c src/dialogue/imap.c src/dialogue/pop3.c \
-	src/dialogue/sieve.c src/dialogue/dialogue.c src/log.c
+	src/dialogue/sieve.c src/dialogue/dialogue.c src/log.c src/log_line.c src/log_queue.c \
+	src/log_sink.c
 FUZZ_SRCS_clienthello      := src/clienthello.c
 FUZZ_SRCS_proxy_header     := src/proxy_header.c
 FUZZ_SRCS_dialogue_server  := $(FUZZ_DIALOGUE_SRCS)
 FUZZ_SRCS_dialogue_backend := $(FUZZ_DIALOGUE_SRCS)
 FUZZ_SRCS_smtp_data        := src/smtp_data.c
+FUZZ_SRCS_log_line         := src/log_line.c src/log.c src/log_queue.c src/log_sink.c
 FUZZ_SRCS_config := src/config.c src/config_read.c src/config_value.c src/client_table.c src/service.c \
 	src/sock.c src/tls.c $(FUZZ_DIALOGUE_SRCS)
 FUZZ_LIBS_config := $(shell pkg-config --libs openssl inih 2>/dev/null)
@@ -226,6 +232,7 @@ FUZZ_MAXLEN_dialogue_backend := 4096
 FUZZ_MAXLEN_smtp_data        := 65536
 FUZZ_MAXLEN_config           := 4096
 FUZZ_MAXLEN_proxy_header     := 2048
+FUZZ_MAXLEN_log_line         := 2100
 FUZZ_BINS := $(FUZZ_TARGETS:%=$(FUZZ_DIR)/fuzz_%)
 
 $(FUZZ_DIR)/fuzz_%: fuzz/fuzz_%.c $$(FUZZ_SRCS_$$*) $(wildcard src/*.h src/dialogue/*.h)

@@ -559,6 +559,7 @@ void config_free(struct config *config)
     free(config->file);
     free(config->global.user);
     free(config->metrics.address);
+    free(config->global.syslog_socket);
     for (size_t i = 0; i < config->ncertificates; i++) {
         struct cfg_certificate *c = &config->certificates[i];
         free(c->name);

@@ -1,7 +1,8 @@
 /* config — the INI file, parsed with inih into one immutable struct config.
  *
  * Section shapes (see docs/sallyport.conf.5 for the full reference):
- *   [global]                 log_level, user, timeouts, limits
+ *   [global]                 log_level, log, log_format, syslog_socket, user,
+ *                            timeouts, limits
  *   [certificate NAME]       cert, key, default
  *   [listener NAME]          service (default: NAME when it is a service word),
  *                            address, mode, hostname
@@ -40,6 +41,9 @@ enum proxy_version { PROXY_NONE, PROXY_V1, PROXY_V2 };
 
 struct cfg_global {
     enum log_level log_level;        /* log_level = info */
+    enum log_destination log;        /* log = stderr | syslog */
+    enum log_format log_format;      /* log_format = text | json */
+    char *syslog_socket;             /* syslog_socket = /dev/log (NULL: the default) */
     char *user;                      /* user = (none): drop to this user after binding */
     unsigned workers;                /* workers = 1: event loops; 0 = auto (one per CPU) */
     unsigned plaintext_timeout;      /* seconds, default 60: cleartext phase */

@@ -62,6 +62,9 @@ VALUE_KEY(balance, enum balance)
 VALUE_KEY(service, enum service)
 VALUE_KEY(flavour, enum tls_flavour)
 VALUE_KEY(log_level, enum log_level)
+VALUE_KEY(log_destination, enum log_destination)
+VALUE_KEY(log_format, enum log_format)
+VALUE_KEY(socket_path, char *)
 VALUE_KEY(string, char *)
 VALUE_KEY(hostname, char *)
 VALUE_KEY(readable, char *)
@@ -145,6 +148,9 @@ static bool key_sni(void *field, const char *text, const struct key_use *use, ch
  * keys in error messages. */
 static const struct key_def keys[] = {
     {K_GLOBAL, "log_level", key_log_level, OFF(cfg_global, log_level), 0},
+    {K_GLOBAL, "log", key_log_destination, OFF(cfg_global, log), 0},
+    {K_GLOBAL, "log_format", key_log_format, OFF(cfg_global, log_format), 0},
+    {K_GLOBAL, "syslog_socket", key_socket_path, OFF(cfg_global, syslog_socket), 0},
     {K_GLOBAL, "user", key_string, OFF(cfg_global, user), 0},
     {K_GLOBAL, "workers", key_workers, OFF(cfg_global, workers), 0},
     {K_GLOBAL, "plaintext_timeout", key_duration, OFF(cfg_global, plaintext_timeout), 0},

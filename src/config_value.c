@@ -214,6 +214,37 @@ bool value_log_level(const char *text, enum log_level *out, char *err, size_t er
     return false;
 }
 
+bool value_log_destination(const char *text, enum log_destination *out, char *err, size_t errlen)
+{
+    if (log_destination_parse(text, out) == 0)
+        return true;
+    snprintf(err, errlen, "unknown log destination '%s' (expected stderr or syslog)", text);
+    return false;
+}
+
+bool value_log_format(const char *text, enum log_format *out, char *err, size_t errlen)
+{
+    if (log_format_parse(text, out) == 0)
+        return true;
+    snprintf(err, errlen, "unknown log format '%s' (expected text or json)", text);
+    return false;
+}
+
+bool value_socket_path(const char *text, char **out, char *err, size_t errlen)
+{
+    if (text[0] != '/') {
+        snprintf(err, errlen, "socket path '%s' is not absolute (write a path starting with /)",
+                 text);
+        return false;
+    }
+    if (strlen(text) > LOG_SYSLOG_SOCKET_MAX) {
+        snprintf(err, errlen, "socket path too long (%zu bytes; at most %d)", strlen(text),
+                 LOG_SYSLOG_SOCKET_MAX);
+        return false;
+    }
+    return value_string(text, out, err, errlen);
+}
+
 bool value_string(const char *text, char **out, char *err, size_t errlen)
 {
     if (text[0] == '\0') {

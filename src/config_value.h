@@ -49,6 +49,16 @@ bool value_flavour(const char *text, enum tls_flavour *out, char *err, size_t er
 /* debug | info | warn | error */
 bool value_log_level(const char *text, enum log_level *out, char *err, size_t errlen);
 
+/* stderr | syslog */
+bool value_log_destination(const char *text, enum log_destination *out, char *err, size_t errlen);
+
+/* text | json */
+bool value_log_format(const char *text, enum log_format *out, char *err, size_t errlen);
+
+/* The path of a Unix socket: absolute, at most LOG_SYSLOG_SOCKET_MAX bytes.
+ * It need not exist yet. *out as for value_string(). */
+bool value_socket_path(const char *text, char **out, char *err, size_t errlen);
+
 /* Any non-empty text. *out becomes a malloc'd copy the caller frees. */
 bool value_string(const char *text, char **out, char *err, size_t errlen);
 

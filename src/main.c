@@ -157,6 +157,10 @@ int main(int argc, char **argv)
     }
     log_set_level(debug ? LOG_LEVEL_DEBUG : config->global.log_level);
     signal(SIGPIPE, SIG_IGN);
+    /* From here on every line goes through the log writer, in the config's
+     * format and to its destination; a stalled reader blocks only it. */
+    log_configure(config->global.log, config->global.log_format, config->global.syslog_socket);
+    log_start();
 
     notify_open();
     const char *user = config->global.user ? strdup(config->global.user) : NULL;
@@ -167,6 +171,7 @@ int main(int argc, char **argv)
         server_stop(&server);
         free((void *)user);
         notify_close();
+        log_stop();
         return 1;
     }
     free((void *)user);
@@ -191,5 +196,6 @@ int main(int argc, char **argv)
     server_stop(&server);
     notify_close();
     log_info("sallyport stopped");
+    log_stop(); /* the last lines, unless the reader is stuck: then we go without them */
     return rc;
 }

@@ -82,7 +82,7 @@ static char *render(struct scrape *sc, size_t *len)
         .start_time = server->start_time,
         .overloaded = atomic_load(&server->overloaded),
         .overload_entered = atomic_load(&server->overload_entered),
-        .log_lines_dropped = 0,
+        .log_lines_dropped = log_dropped_total(),
     };
     struct metrics_text text = {0};
     for (size_t cap = BODY_FIRST; cap <= SCRAPE_BODY_MAX; cap *= 2) {

@@ -221,6 +221,8 @@ int server_reload(struct server *server)
     }
     if (!server->log_level_fixed)
         log_set_level(next->config->global.log_level);
+    const struct cfg_global *g = &next->config->global;
+    log_configure(g->log, g->log_format, g->syslog_socket);
     apply_limits(server, next->config);
     pthread_mutex_lock(&server->generation_lock);
     server->current = next;

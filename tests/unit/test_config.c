@@ -213,6 +213,9 @@ static void test_global_defaults(void **state)
     assert_non_null(r.cfg);
     const struct cfg_global *g = &r.cfg->global;
     assert_int_equal(g->log_level, LOG_LEVEL_INFO);
+    assert_int_equal(g->log, LOG_TO_STDERR);
+    assert_int_equal(g->log_format, LOG_FORMAT_TEXT);
+    assert_null(g->syslog_socket); /* LOG_SYSLOG_SOCKET_DEFAULT */
     assert_null(g->user);
     assert_int_equal(g->plaintext_timeout, 60);
     assert_int_equal(g->handshake_timeout, 30);
@@ -326,6 +329,36 @@ static void test_workers(void **state)
                   "cfg:2: workers: bad worker count '65' (expected auto, or 1 to 64)\n", 1);
     expect_errors("[global]\nworkers = all\n" BASE,
                   "cfg:2: workers: bad worker count 'all' (expected auto, or 1 to 64)\n", 1);
+}
+
+static void test_log_keys(void **state)
+{
+    (void)state;
+    struct result r = load("[global]\nlog = syslog\nlog_format = json\n"
+                           "syslog_socket = /run/systemd/journal/dev-log\n" BASE);
+    assert_string_equal(r.errors, "");
+    assert_int_equal(r.cfg->global.log, LOG_TO_SYSLOG);
+    assert_int_equal(r.cfg->global.log_format, LOG_FORMAT_JSON);
+    assert_string_equal(r.cfg->global.syslog_socket, "/run/systemd/journal/dev-log");
+    done(&r);
+    char too_long[256];
+    snprintf(too_long, sizeof too_long, "[global]\nsyslog_socket = /%0108d\n" BASE, 0);
+    expect_errors(too_long, "cfg:2: syslog_socket: socket path too long (109 bytes; at most 107)\n",
+                  1);
+    expect_errors("[global]\nlog = file\nlog_format = xml\nsyslog_socket = dev/log\n" BASE,
+                  "cfg:2: log: unknown log destination 'file' (expected stderr or syslog)\n"
+                  "cfg:3: log_format: unknown log format 'xml' (expected text or json)\n"
+                  "cfg:4: syslog_socket: socket path 'dev/log' is not absolute (write a path "
+                  "starting with /)\n",
+                  3);
+    expect_errors("[global]\nlog = stderr\nlog = syslog\n" BASE,
+                  "cfg:3: log: duplicate key (already set at line 2)\n", 1);
+    expect_errors("[global]\nlogfile = /var/log/sallyport\n" BASE,
+                  "cfg:2: logfile: unknown key in [global] (expected log_level, log, log_format, "
+                  "syslog_socket, user, workers, plaintext_timeout, handshake_timeout, "
+                  "connect_timeout, idle_timeout, shutdown_timeout, max_errors, max_connections, "
+                  "max_client_connections, client_connection_rate or client_limit_exceptions)\n",
+                  1);
 }
 
 static void test_proxy_protocol_keys(void **state)
@@ -1327,6 +1360,7 @@ int main(void)
         cmocka_unit_test(test_global_defaults),
         cmocka_unit_test(test_global_values),
         cmocka_unit_test(test_workers),
+        cmocka_unit_test(test_log_keys),
         cmocka_unit_test(test_proxy_protocol_keys),
         cmocka_unit_test(test_backend_proxy_protocol),
         cmocka_unit_test(test_backend_xclient),
