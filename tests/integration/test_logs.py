@@ -22,8 +22,6 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-import pytest
-
 from conftest import (READY_TIMEOUT, SALLYPORT, SANITIZER_MARKERS, WRAPPER, free_port, refused,
                       run_check, wait_for)
 from smtp_helpers import (EHLO_NAME, SENDER, LoopbackSMTP_SSL, client_context, issue,
@@ -151,6 +149,18 @@ def run_sessions(port, ca, total, pairs, threads=2):
     return done[0], failures
 
 
+def dropped_in_metrics(port):
+    """sallyport_log_lines_dropped_total from the [metrics] endpoint."""
+    with socket.create_connection(("127.0.0.1", port), timeout=CLIENT_TIMEOUT) as s:
+        s.sendall(b"GET /metrics HTTP/1.0\r\n\r\n")
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+    found = re.search(rb"^sallyport_log_lines_dropped_total (\d+)$", data, re.M)
+    assert found, data[-2000:]
+    return int(found.group(1))
+
+
 def no_sanitizer_reports(text):
     assert not any(marker in text for marker in SANITIZER_MARKERS), text[-4000:]
 
@@ -164,8 +174,10 @@ def test_a_stderr_nobody_reads_stops_no_session(ca, tmp_path):
     fills, and every session still completes. Once the pipe is read, the
     writer catches up and says how many lines it dropped."""
     ports = (free_port(), free_port())
+    metrics_port = free_port()
     conf = tmp_path / "stalled.conf"
-    conf.write_text(gateway_config(ca, tmp_path, ports))
+    conf.write_text(gateway_config(ca, tmp_path, ports) +
+                    f"[metrics]\naddress = 127.0.0.1:{metrics_port}\n")
     r, w = os.pipe()
     proc = start_daemon(conf, w)
     os.close(w)
@@ -177,6 +189,8 @@ def test_a_stderr_nobody_reads_stops_no_session(ca, tmp_path):
             assert failures == [] and done == STALLED_SESSIONS, (done, failures[:5])
             assert len(maildir_messages(tmp_path / "mail")) == STALLED_SESSIONS
             assert proc.poll() is None
+            # The metrics say what was dropped, while nobody reads.
+            assert dropped_in_metrics(metrics_port) > 0
 
             # Now someone reads: the writer writes what it held, then the count.
             reader.start()
