@@ -81,10 +81,6 @@ static bool same_address(const struct sock_addr *a, const struct sock_addr *b)
            memcmp(&x->sin6_addr, &y->sin6_addr, sizeof x->sin6_addr) == 0;
 }
 
-/* Whether sockets on a and b would take connections for the same address
- * and port: the same address, or a wildcard on the other's port and
- * family. The kernel refuses the second bind, except with SO_REUSEPORT
- * (workers > 1), where both would silently share the connections. */
 /* `a` with an IPv4-mapped IPv6 address ([::ffff:192.0.2.1]) written as
  * the IPv4 address it is to the kernel. */
 static struct sock_addr unmapped(const struct sock_addr *a)
@@ -101,6 +97,10 @@ static struct sock_addr unmapped(const struct sock_addr *a)
     return out;
 }
 
+/* Whether sockets on a and b would take connections for the same address
+ * and port: the same address, or a wildcard on the other's port and
+ * family. The kernel refuses the second bind, except with SO_REUSEPORT
+ * (workers > 1), where both would silently share the connections. */
 static bool addresses_overlap(const struct sock_addr *a_written, const struct sock_addr *b_written)
 {
     struct sock_addr a_plain = unmapped(a_written), b_plain = unmapped(b_written);
@@ -531,6 +531,7 @@ struct config *config_load(const char *path, FILE *errors, int *nerrors)
         .max_connections = 1024,
         .max_client_connections = 32,
         .client_connection_rate = 10,
+        .overload_adapt = true,
     };
     if (!(ld.fp = fopen(path, "r"))) {
         ld.nerrors++;

@@ -2,7 +2,7 @@
  *
  * Section shapes (see docs/sallyport.conf.5 for the full reference):
  *   [global]                 log_level, log, log_format, syslog_socket, user,
- *                            timeouts, limits
+ *                            timeouts, limits, overload
  *   [certificate NAME]       cert, key, default
  *   [listener NAME]          service (default: NAME when it is a service word),
  *                            address, mode, hostname
@@ -43,6 +43,7 @@ struct cfg_global {
     enum log_level log_level;        /* log_level = info */
     enum log_destination log;        /* log = stderr | syslog */
     enum log_format log_format;      /* log_format = text | json */
+    bool overload_adapt;             /* overload = adapt (true) | off: overload.h */
     char *syslog_socket;             /* syslog_socket = /dev/log (NULL: the default) */
     char *user;                      /* user = (none): drop to this user after binding */
     unsigned workers;                /* workers = 1: event loops; 0 = auto (one per CPU) */

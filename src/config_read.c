@@ -64,6 +64,7 @@ VALUE_KEY(flavour, enum tls_flavour)
 VALUE_KEY(log_level, enum log_level)
 VALUE_KEY(log_destination, enum log_destination)
 VALUE_KEY(log_format, enum log_format)
+VALUE_KEY(overload, bool)
 VALUE_KEY(socket_path, char *)
 VALUE_KEY(string, char *)
 VALUE_KEY(hostname, char *)
@@ -163,6 +164,7 @@ static const struct key_def keys[] = {
     {K_GLOBAL, "max_client_connections", key_limit, OFF(cfg_global, max_client_connections), 0},
     {K_GLOBAL, "client_connection_rate", key_limit, OFF(cfg_global, client_connection_rate), 0},
     {K_GLOBAL, "client_limit_exceptions", key_prefixes, 0, KEY_LIST},
+    {K_GLOBAL, "overload", key_overload, OFF(cfg_global, overload_adapt), 0},
     {K_CERTIFICATE, "cert", key_readable, OFF(cfg_certificate, cert), KEY_REQUIRED},
     {K_CERTIFICATE, "key", key_readable, OFF(cfg_certificate, key), KEY_REQUIRED},
     {K_CERTIFICATE, "default", key_bool, OFF(cfg_certificate, is_default), 0},

@@ -230,6 +230,16 @@ bool value_log_format(const char *text, enum log_format *out, char *err, size_t 
     return false;
 }
 
+bool value_overload(const char *text, bool *out, char *err, size_t errlen)
+{
+    if (strcmp(text, "adapt") == 0 || strcmp(text, "off") == 0) {
+        *out = strcmp(text, "adapt") == 0;
+        return true;
+    }
+    snprintf(err, errlen, "unknown overload mode '%s' (expected adapt or off)", text);
+    return false;
+}
+
 bool value_socket_path(const char *text, char **out, char *err, size_t errlen)
 {
     if (text[0] != '/') {

@@ -54,6 +54,8 @@ bool value_log_destination(const char *text, enum log_destination *out, char *er
 
 /* text | json */
 bool value_log_format(const char *text, enum log_format *out, char *err, size_t errlen);
+/* "adapt" (true) or "off" (false): the overload key. */
+bool value_overload(const char *text, bool *out, char *err, size_t errlen);
 
 /* The path of a Unix socket: absolute, at most LOG_SYSLOG_SOCKET_MAX bytes.
  * It need not exist yet. *out as for value_string(). */

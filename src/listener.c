@@ -35,6 +35,7 @@ static void on_accept(struct ev_loop *loop, ev_io *w, int revents)
     (void)loop, (void)revents;
     struct listener *l = w->data;
     struct server *server = l->worker->server;
+    bool evicted_for_descriptors = false;
     for (int i = 0; i < ACCEPT_BATCH; i++) {
         if (!server_reserve_session(server)) {
             /* Full. Nobody waiting: the next connection wakes this again.
@@ -56,8 +57,8 @@ static void on_accept(struct ev_loop *loop, ev_io *w, int revents)
         struct sockaddr_storage peer;
         socklen_t len = sizeof peer;
         /* Admitted sessions come first: no accept until the descriptors
-         * they may need are held back again (worker.h). */
-        int fd = worker_refill_reserve(l->worker)
+         * they may need are held back again (overload.h). */
+        int fd = overload_refill_reserve(server)
                      ? accept4(l->fd, (struct sockaddr *)&peer, &len, SOCK_NONBLOCK | SOCK_CLOEXEC)
                      : (errno = EMFILE, -1);
         if (fd < 0) {
@@ -65,10 +66,14 @@ static void on_accept(struct ev_loop *loop, ev_io *w, int revents)
             server_release_session(server);
             if (err == EAGAIN || err == EWOULDBLOCK || err == EINTR || err == ECONNABORTED)
                 return;
-            if (err == EMFILE || err == ENFILE) {
+            if (err == EMFILE || err == ENFILE)
                 overload_pressure(server, OVERLOAD_DESCRIPTORS);
+            /* Out of this process's descriptors with a client waiting:
+             * silent ones make room, once per event (then the back-off). */
+            if (err == EMFILE && !evicted_for_descriptors && connection_pending(l->fd)) {
+                evicted_for_descriptors = true;
                 if (session_evict_idle(l->worker, OVERLOAD_EVICT_BATCH) > 0)
-                    continue; /* descriptors freed: accept again at once */
+                    continue;
             }
             if (err == EMFILE || err == ENFILE || err == ENOBUFS || err == ENOMEM) {
                 /* The pending connection stays queued; retrying now would spin. */

@@ -85,7 +85,11 @@ int server_start(struct server *server, struct config *config, const char *path)
     atomic_init(&server->ending, false);
     ev_init(&server->ticket_rotation, on_ticket_rotation);
     server->ticket_rotation.data = server;
+    atomic_init(&server->overload_adapt, config->global.overload_adapt);
     atomic_init(&server->overloaded, false);
+    pthread_mutex_init(&server->reserve_lock, NULL);
+    for (size_t i = 0; i < sizeof server->reserve / sizeof server->reserve[0]; i++)
+        server->reserve[i] = -1;
     atomic_init(&server->overload_seen_ms, 0);
     atomic_init(&server->overload_entered, 0);
     ev_init(&server->overload_check, on_overload_check);
@@ -224,6 +228,7 @@ int server_reload(struct server *server)
     const struct cfg_global *g = &next->config->global;
     log_configure(g->log, g->log_format, g->syslog_socket);
     apply_limits(server, next->config);
+    atomic_store(&server->overload_adapt, next->config->global.overload_adapt);
     pthread_mutex_lock(&server->generation_lock);
     server->current = next;
     atomic_store(&server->current_number, number);
@@ -304,6 +309,8 @@ void server_stop(struct server *server)
     free(server->workers);
     generation_release(server->current);
     metrics_free_all();
+    overload_free_reserve(server);
+    pthread_mutex_destroy(&server->reserve_lock);
     tls_tickets_free(server->tickets);
     client_table_free(server->clients);
     pthread_mutex_destroy(&server->clients_lock);

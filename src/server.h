@@ -16,6 +16,7 @@
 
 #include "client_table.h"
 #include "config.h"
+#include "overload.h"
 
 struct worker;
 struct generation;
@@ -52,10 +53,13 @@ struct server {
     atomic_bool ending;
     /* The stress-adaptive state (overload.h): on, when a sign of it was
      * last seen (ms, ev_time()), and how often it began. */
+    atomic_bool overload_adapt; /* overload = adapt (the current generation's) */
     atomic_bool overloaded;
-    atomic_llong overload_seen_ms;
+    atomic_llong overload_seen_ms; /* CLOCK_MONOTONIC */
     atomic_uint_fast64_t overload_entered;
     ev_timer overload_check; /* worker 0's loop: ends the state once calm */
+    pthread_mutex_t reserve_lock;
+    int reserve[OVERLOAD_RESERVE_FDS]; /* held-back descriptors, -1 when not held */
 };
 
 /* Builds generation 1 from `config` (taking it over; `path` is where a

@@ -355,11 +355,15 @@ static bool evictable(const struct session *s, double now)
 {
     bool before_tls = s->state == SESSION_PROXY_HEADER || s->state == SESSION_CLIENTHELLO ||
                       s->state == SESSION_CLEARTEXT;
-    return before_tls && s->bytes_in == 0 && now - s->started >= OVERLOAD_IDLE_MIN;
+    /* A PROXY header's bytes sit in `up` without counting in bytes_in. */
+    return before_tls && s->bytes_in == 0 && buf_slot_len(s->up) == 0 &&
+           now - s->started >= OVERLOAD_IDLE_MIN;
 }
 
 size_t session_evict_idle(struct worker *w, size_t max)
 {
+    if (!overload_enabled(w->server))
+        return 0;
     size_t evicted = 0;
     double now = ev_now(w->loop);
     struct session *s = w->sessions;

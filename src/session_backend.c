@@ -79,10 +79,10 @@ static void try_backend(struct session *s, const char *why)
     session_arm_timer(s, timeout < left ? timeout : left);
     session_enter(s, SESSION_CONNECTING);
     int fd = sock_connect(&s->endpoint->addrs[s->target_addr]);
-    if (fd < 0 && (errno == EMFILE || errno == ENFILE)) {
+    if (fd < 0 && errno == EMFILE && overload_enabled(s->server)) {
         /* Idle clients that have not begun TLS make room (overload.h). */
         overload_pressure(s->server, OVERLOAD_DESCRIPTORS);
-        if (worker_release_reserve(s->worker) > 0 ||
+        if (overload_release_reserve(s->server) > 0 ||
             session_evict_idle(s->worker, OVERLOAD_EVICT_BATCH) > 0)
             fd = sock_connect(&s->endpoint->addrs[s->target_addr]);
     }

@@ -1,5 +1,4 @@
 #include <errno.h>
-#include <sys/eventfd.h>
 #include <sched.h>
 #include <signal.h>
 #include <stdlib.h>
@@ -145,39 +144,11 @@ static void on_sweep(struct ev_loop *loop, ev_timer *t, int revents)
 static size_t make_room(void *arg)
 {
     struct worker *w = arg;
+    if (!overload_enabled(w->server))
+        return 0;
     overload_pressure(w->server, OVERLOAD_DESCRIPTORS);
-    size_t freed = worker_release_reserve(w);
+    size_t freed = overload_release_reserve(w->server);
     return freed ? freed : session_evict_idle(w, OVERLOAD_EVICT_BATCH);
-}
-
-size_t worker_release_reserve(struct worker *w)
-{
-    for (size_t i = 0; i < WORKER_RESERVE_FDS; i++) {
-        if (w->reserve[i] >= 0) {
-            close(w->reserve[i]);
-            w->reserve[i] = -1;
-            return 1;
-        }
-    }
-    return 0;
-}
-
-/* At exit: every reserved descriptor. */
-static void close_reserve(struct worker *w)
-{
-    while (worker_release_reserve(w) > 0)
-        ;
-}
-
-bool worker_refill_reserve(struct worker *w)
-{
-    bool whole = true;
-    for (size_t i = 0; i < WORKER_RESERVE_FDS; i++) {
-        if (w->reserve[i] < 0)
-            w->reserve[i] = eventfd(0, EFD_CLOEXEC);
-        whole = whole && w->reserve[i] >= 0;
-    }
-    return whole;
 }
 
 /* Listeners and mailboxes for w->gen, on its sockets. Returns 0, or -1
@@ -262,9 +233,6 @@ int worker_init(struct worker *w, struct server *server, unsigned id)
     w->id = id;
     atomic_init(&w->stopping, false);
     atomic_init(&w->paused_at_limit, false);
-    for (size_t i = 0; i < WORKER_RESERVE_FDS; i++)
-        w->reserve[i] = -1;
-    worker_refill_reserve(w);
     buf_pool_init(&w->bufs, SPARE_BUFFERS_MAX);
     w->loop = id == 0 ? ev_default_loop(0) : ev_loop_new(EVFLAG_AUTO);
     if (!w->loop || pipe_pool_init(&w->pipes, SPARE_PIPES_MAX) < 0) {
@@ -365,7 +333,6 @@ void worker_free(struct worker *w)
         ev_timer_stop(w->loop, &w->sweep);
         ev_timer_stop(w->loop, &w->evict_retry);
     }
-    close_reserve(w);
     for (size_t i = 0; i < w->nlisteners; i++)
         listener_stop(&w->listeners[i]);
     while (w->sessions)

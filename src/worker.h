@@ -26,11 +26,6 @@ struct listener;
 struct mailbox;
 struct generation;
 
-/* Descriptors a worker holds back for sessions it admitted (overload.h):
- * a backend connection, the embedded mailbox's side of it, its message
- * file, and one to spare. */
-#define WORKER_RESERVE_FDS 4
-
 struct worker {
     struct server *server;
     unsigned id; /* 0 .. nworkers-1, named in log lines */
@@ -60,12 +55,6 @@ struct worker {
      * accepted gets the slot of a silent one, once one is old enough to
      * give way (overload.h). */
     ev_timer evict_retry;
-    /* Descriptors held back from accepting (eventfds): when the process
-     * runs out, a session already admitted takes one for its backend
-     * connection (and the mailbox for its side of it and its message
-     * file) rather than fail,
-     * and listeners accept only once the reserve is whole again. */
-    int reserve[WORKER_RESERVE_FDS];
 
     struct session *sessions; /* its live sessions, a doubly linked list */
     unsigned nsessions;
@@ -115,13 +104,5 @@ void worker_resume_at_limit(struct worker *w);
 
 /* How many workers `workers = auto` means: the CPUs this process may run on. */
 unsigned worker_count_auto(void);
-
-/* Gives one reserved descriptor back to the process, for a session that
- * needs one now. Returns how many (0: the reserve is spent). */
-size_t worker_release_reserve(struct worker *w);
-
-/* Takes the reserve back, as far as descriptors allow. Returns true when
- * it is whole. */
-bool worker_refill_reserve(struct worker *w);
 
 #endif

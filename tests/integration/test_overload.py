@@ -21,10 +21,10 @@ IDLE = 120  # idle clients opened, well past the descriptor limit below
 NOFILE = 64
 
 
-def config(gw, max_connections=1024):
+def config(gw, max_connections=1024, overload="adapt"):
     p = gw["ports"]
     cert, key = gw["cert"]
-    return ("[global]\nlog_level = info\nworkers = 1\n"
+    return (f"[global]\nlog_level = info\nworkers = 1\noverload = {overload}\n"
             f"max_connections = {max_connections}\nmax_client_connections = 0\n"
             "client_connection_rate = 0\n\n"
             f"[metrics]\naddress = 127.0.0.1:{p['metrics']}\n\n"
@@ -137,3 +137,24 @@ def test_idle_clients_at_max_connections_do_not_keep_a_client_out(sallyport, gw)
             s.close()
     sp.wait_log("overload: over", timeout=60)
     sp.proc.send_signal(signal.SIGTERM)
+
+
+def test_overload_off_only_pauses_as_before(sallyport, gw):
+    """overload = off: at max_connections, silent clients keep their places
+    and a waiting client is served only when one of them leaves."""
+    sp = sallyport(config(gw, max_connections=3, overload="off"))
+    held = open_idle(gw["ports"]["smtp"], 3)
+    waiting = None
+    try:
+        for s in held:
+            assert read_reply(s).startswith(b"220 ")
+        waiting = socket.create_connection(("127.0.0.1", gw["ports"]["smtp"]), timeout=TIMEOUT)
+        sp.wait_log("the max_connections limit; pausing accept")
+        assert metric(gw, "sallyport_overload_entered_total") == 0
+        assert metric(gw, "sallyport_overload") == 0
+        held.pop(0).close()
+        assert read_reply(waiting).startswith(b"220 ")
+        assert "evicted" not in sp.log()
+    finally:
+        for s in held + ([waiting] if waiting else []):
+            s.close()

@@ -357,8 +357,24 @@ static void test_log_keys(void **state)
                   "cfg:2: logfile: unknown key in [global] (expected log_level, log, log_format, "
                   "syslog_socket, user, workers, plaintext_timeout, handshake_timeout, "
                   "connect_timeout, idle_timeout, shutdown_timeout, max_errors, max_connections, "
-                  "max_client_connections, client_connection_rate or client_limit_exceptions)\n",
+                  "max_client_connections, client_connection_rate, client_limit_exceptions or "
+                  "overload)\n",
                   1);
+}
+
+/* overload = adapt (the default) or off. */
+static void test_overload_key(void **state)
+{
+    (void)state;
+    struct result r = load(BASE);
+    assert_true(r.cfg->global.overload_adapt);
+    done(&r);
+    r = load("[global]\noverload = off\n" BASE);
+    assert_string_equal(r.errors, "");
+    assert_false(r.cfg->global.overload_adapt);
+    done(&r);
+    expect_errors("[global]\noverload = no\n" BASE,
+                  "cfg:2: overload: unknown overload mode 'no' (expected adapt or off)\n", 1);
 }
 
 static void test_proxy_protocol_keys(void **state)
@@ -1399,6 +1415,7 @@ int main(void)
         cmocka_unit_test(test_listener_address_clash),
         cmocka_unit_test(test_mailbox_address_clash),
         cmocka_unit_test(test_metrics_section),
+        cmocka_unit_test(test_overload_key),
         cmocka_unit_test(test_backend_without_endpoints),
         cmocka_unit_test(test_mailbox_errors),
         cmocka_unit_test(test_syntax_errors),
