@@ -57,8 +57,12 @@ static void on_accept(struct ev_loop *loop, ev_io *w, int revents)
         struct sockaddr_storage peer;
         socklen_t len = sizeof peer;
         /* Admitted sessions come first: no accept until the descriptors
-         * they may need are held back again (overload.h). */
-        int fd = overload_refill_reserve(server)
+         * they may need are held back again (overload.h); unless none is
+         * admitted (the slot just reserved is the only one), where there
+         * is nothing to hold them for. */
+        bool reserve_whole =
+            overload_refill_reserve(server) || atomic_load(&server->nsessions) <= 1;
+        int fd = reserve_whole
                      ? accept4(l->fd, (struct sockaddr *)&peer, &len, SOCK_NONBLOCK | SOCK_CLOEXEC)
                      : (errno = EMFILE, -1);
         if (fd < 0) {

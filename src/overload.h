@@ -11,10 +11,11 @@
  *     that have sent nothing for OVERLOAD_IDLE_MIN seconds and not begun
  *     TLS (session_evict_idle()); a session that sent a byte, and so every
  *     one in TLS or relaying, is never closed for this;
- *   - the process holds back OVERLOAD_RESERVE_FDS descriptors: listeners
- *     accept only while the reserve is whole, and a session already
- *     admitted takes one (its backend connection, the mailbox's side of
- *     it, its message file) when none is left.
+ *   - the process holds back OVERLOAD_RESERVE_FDS descriptors, taken at
+ *     start: listeners accept only while the reserve is whole (or while no
+ *     session is open, when there is nobody to hold it for), and a session
+ *     already admitted takes one (its backend connection, the mailbox's
+ *     side of it, its message file) when none is left.
  *
  * The state begins at the first sign (a failed accept, or 7/8 of
  * max_connections open) and ends, checked by worker 0 every second, once

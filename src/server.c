@@ -263,6 +263,7 @@ int server_run(struct server *server)
         return -1;
     }
     worker_start(&server->workers[0]);
+    overload_refill_reserve(server); /* before the first client, so it counts as held */
     const struct config *c = server->current->config;
     char status[128];
     snprintf(status, sizeof status, "ready (%zu listener%s, %zu mailbox%s, %u worker%s)",
