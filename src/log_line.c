@@ -117,7 +117,7 @@ bool log_line_event(const char *text, size_t len, struct log_event *ev)
         add_field(ev, key, value);
         i = end < len ? end + 1 : len;
     }
-    return pairs >= 2 && i >= len;
+    return pairs >= 2 && i >= len && ev->nfields > 0; /* reserved keys are left out */
 }
 
 /* ---- JSON ----------------------------------------------------------------- */

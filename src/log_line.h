@@ -64,7 +64,8 @@ struct log_event {
  *   - at least two key=value pairs, so that a sentence with one '=' in it
  *     is not taken for an event.
  * Spans point into `text`. Keys that would clash with the object's own
- * ("time", "level", "message", "event") are left out. */
+ * ("time", "level", "message", "event") are left out; a message left with
+ * no field at all is not an event. */
 bool log_line_event(const char *text, size_t len, struct log_event *ev);
 
 /* Writes `in` as the inside of a JSON string: '"' and '\' escaped, control
