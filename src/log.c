@@ -9,6 +9,7 @@
 #include <stdbool.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -66,6 +67,12 @@ static bool writer_done;    /* the writer wrote everything and left */
 static pthread_t writer;    /* main thread only */
 static bool detached;       /* main thread only: log_stop() left the writer behind */
 static _Atomic bool queued; /* a cheap first look at `accepting`, without the lock */
+/* stderr is a regular file (set by log_start()): no reader can stall it, so
+ * log_msg() writes there itself, at once and in order, while nothing is
+ * queued. A pipe, a socket (the journal) or a terminal gets the queue. */
+static bool stderr_is_file;
+static long writer_pid;
+static char direct_line[LOG_LINE_MAX]; /* under `lock` */
 
 /* ---- names ------------------------------------------------------------- */
 
@@ -146,21 +153,26 @@ struct batch {
 static struct batch batch;
 static char line[LOG_LINE_MAX];
 
-/* Renders `r` into `line` as `s` asks. Returns its length. */
-static size_t render(const struct settings *s, const struct log_record *r, long pid)
+/* Renders `r` into `out` (LOG_LINE_MAX bytes) as `s` asks. Returns its length. */
+static size_t render_into(char *out, const struct settings *s, const struct log_record *r, long pid)
 {
     size_t n = 0;
     if (s->to == LOG_TO_SYSLOG)
-        n = log_line_syslog_header(line, sizeof line, r, pid);
+        n = log_line_syslog_header(out, (size_t)LOG_LINE_MAX, r, pid);
     bool newline = s->to == LOG_TO_STDERR;
     if (s->format == LOG_FORMAT_JSON)
-        return n + log_line_json(line + n, sizeof line - n, r, newline);
+        return n + log_line_json(out + n, (size_t)LOG_LINE_MAX - n, r, newline);
     if (s->to == LOG_TO_STDERR)
-        return log_line_text(line, sizeof line, r);
-    size_t len = r->len < sizeof line - n - 1 ? r->len : sizeof line - n - 1;
-    memcpy(line + n, r->text, len); /* syslog's header has the time and the level */
-    line[n + len] = '\0';
+        return log_line_text(out, (size_t)LOG_LINE_MAX, r);
+    size_t len = r->len < (size_t)LOG_LINE_MAX - n - 1 ? r->len : (size_t)LOG_LINE_MAX - n - 1;
+    memcpy(out + n, r->text, len); /* syslog's header has the time and the level */
+    out[n + len] = '\0';
     return n + len;
+}
+
+static size_t render(const struct settings *s, const struct log_record *r, long pid)
+{
+    return render_into(line, s, r, pid);
 }
 
 /* Writes the batch to stderr; lines that could not be written count as dropped. */
@@ -255,7 +267,10 @@ int log_start(void)
     pthread_cond_init(&finished, &attr);
     pthread_condattr_destroy(&attr);
     pthread_cond_init(&wake, NULL);
+    struct stat st;
     pthread_mutex_lock(&lock);
+    stderr_is_file = fstat(STDERR_FILENO, &st) == 0 && S_ISREG(st.st_mode);
+    writer_pid = (long)getpid();
     log_queue_init(&queue, ring, sizeof ring);
     accepting = true;
     stopping = writer_done = false;
@@ -327,6 +342,12 @@ void log_msg(enum log_level level, const char *fmt, ...)
     if (atomic_load(&queued)) {
         pthread_mutex_lock(&lock);
         bool handed = accepting;
+        if (handed && stderr_is_file && settings.to == LOG_TO_STDERR && queue.lines == 0) {
+            size_t len = render_into(direct_line, &settings, &r, writer_pid);
+            log_sink_stderr(direct_line, len);
+            pthread_mutex_unlock(&lock);
+            return;
+        }
         if (handed) {
             log_queue_push(&queue, &r.time, level, r.text, r.len);
             pthread_cond_signal(&wake);

@@ -13,7 +13,10 @@
  * for a slow reader (a full pipe, a busy journal). A message that finds the
  * queue full is dropped and counted (log_dropped_total()); the writer's
  * next write begins with one warn line "log: N lines dropped (the log
- * reader was too slow)". */
+ * reader was too slow)". One exception: when stderr is a regular file (no
+ * reader can stall a file) and nothing is queued, log_msg() writes the line
+ * there itself, under the queue's lock, so a file has every line at once
+ * and in order. */
 #ifndef SALLYPORT_LOG_H
 #define SALLYPORT_LOG_H
 
