@@ -126,7 +126,9 @@ class Pebble:
                  validity=None, env=None, start=True):
         """ca: conftest's CertAuthority; it issues pebble's HTTPS certificate.
         validity: certificateValidityPeriod in seconds (None: pebble's default,
-        5 years). env: extra environment for pebble."""
+        157766400 s = 5 years); pebble sets notAfter = notBefore + validity - 1 s
+        (pebble logs "Using certificate validity period of N seconds").
+        env: extra environment for pebble."""
         env = dict(env or {})
         if "PEBBLE_VA_ALWAYS_VALID" in env:
             raise ValueError("PEBBLE_VA_ALWAYS_VALID: the tests validate challenges for real")
