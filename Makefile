@@ -37,7 +37,7 @@ $(BUILD)/%.o: %.c
 # Logging is four modules (log.c and what its writer thread uses).
 LOG_MODULES := log log_line log_queue log_sink
 TEST_MODULES_test_clienthello := clienthello
-TEST_MODULES_test_config      := config config_read config_value client_table service sock tls \
+TEST_MODULES_test_config      := config config_read config_value client_table service sock tls acme_crypto \
                                  $(LOG_MODULES) dialogue/smtp dialogue/imap dialogue/pop3 \
                                  dialogue/sieve dialogue/dialogue
 TEST_MODULES_test_mailbox     := smtp_data smtp_syntax userdb maildir $(LOG_MODULES)

@@ -12,6 +12,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "acme_crypto.h"
 #include "config.h"
 #include "config_read.h"
 #include "config_value.h"
@@ -30,10 +31,30 @@ static char *machine_hostname(void)
 
 /* ---- finishing each section once the whole file is read ---- */
 
+/* A certificate is files (cert, key) or ACME's (acme = yes, names). */
 static void finish_certificate(struct config_loader *ld, struct config_record *rec)
 {
     struct cfg_certificate *c = &ld->cfg->certificates[rec->index];
     char err[512];
+    if (c->acme) {
+        for (const char *const *k = (const char *const[]){"cert", "key", NULL}; *k; k++)
+            if (config_key_set(rec, *k))
+                config_report(ld, config_key_line(rec, *k), *k,
+                              "certificate '%s' has acme = yes: sallyport gets its certificate "
+                              "and key itself (remove %s, or acme)",
+                              c->name, *k);
+        if (c->nnames == 0 && !config_key_set(rec, "names"))
+            config_report(ld, rec->line, rec->label,
+                          "acme = yes needs the names to get a certificate for (add names = "
+                          "mail.example.com ...)");
+    } else {
+        for (const char *const *k = (const char *const[]){"names", "challenge", NULL}; *k; k++)
+            if (config_key_set(rec, *k))
+                config_report(ld, config_key_line(rec, *k), *k,
+                              "only a certificate with acme = yes takes %s (add acme = yes, or "
+                              "remove %s)",
+                              *k, *k);
+    }
     if (c->cert && c->key && !(c->ctx = tls_server_ctx_new(c->cert, c->key, err, sizeof err)))
         config_report(ld, config_key_line(rec, "cert"), "cert", "%s", err);
     for (size_t i = 0; c->is_default && i < rec->index; i++) {
@@ -261,11 +282,102 @@ static void finish_metrics(struct config_loader *ld, struct config_record *rec)
         config_report(ld, config_key_line(rec, "address"), "address", "%s", err);
 }
 
+static void finish_acme(struct config_loader *ld, struct config_record *rec)
+{
+    struct cfg_acme *a = &ld->cfg->acme;
+    if (a->directory && strncmp(a->directory, "https://", 8) != 0 &&
+        strncmp(a->directory, "http://", 7) != 0)
+        config_report(ld, config_key_line(rec, "directory"), "directory",
+                      "'%s' is not a URL (write the CA's directory URL, e.g. %s)", a->directory,
+                      ACME_DIRECTORY_DEFAULT);
+    if (a->contact && (strchr(a->contact, ' ') || !strchr(a->contact, '@')))
+        config_report(ld, config_key_line(rec, "contact"), "contact",
+                      "'%s' is not an e-mail address (the CA writes to it about expiring "
+                      "certificates)",
+                      a->contact);
+    if (a->state_dir && a->state_dir[0] != '/')
+        config_report(ld, config_key_line(rec, "state_dir"), "state_dir",
+                      "'%s' is not an absolute path", a->state_dir);
+    if (config_key_set(rec, "retry_interval") && a->retry_interval == 0)
+        config_report(ld, config_key_line(rec, "retry_interval"), "retry_interval",
+                      "0 would retry a failing CA without a pause (write seconds, e.g. 60)");
+}
+
 static void (*const finishers[K_COUNT])(struct config_loader *, struct config_record *) = {
     [K_CERTIFICATE] = finish_certificate, [K_LISTENER] = finish_listener,
     [K_BACKEND] = finish_backend,         [K_MAILBOX] = finish_mailbox,
-    [K_METRICS] = finish_metrics,
+    [K_METRICS] = finish_metrics,         [K_ACME] = finish_acme,
 };
+
+int config_acme_file(const struct config *config, const struct cfg_certificate *c, char *out,
+                     size_t outlen)
+{
+    int n = snprintf(out, outlen, "%s/%s.pem", config->acme.state_dir, c->name);
+    return n >= 0 && (size_t)n < outlen ? 0 : -1;
+}
+
+/* True if the context's certificate names exactly `names`. */
+static bool ctx_covers(SSL_CTX *ctx, char *const *names, size_t n)
+{
+    char *have[CERT_MAX_NAMES + 1];
+    size_t nhave = tls_ctx_names(ctx, have, CERT_MAX_NAMES + 1);
+    bool same = nhave == n;
+    for (size_t i = 0; same && i < n; i++) {
+        bool found = false;
+        for (size_t j = 0; !found && j < nhave; j++)
+            found = strcmp(names[i], have[j]) == 0;
+        same = found;
+    }
+    for (size_t j = 0; j < nhave; j++)
+        free(have[j]);
+    return same;
+}
+
+/* An ACME certificate's context: the state directory's certificate when it
+ * loads and names exactly `names` (even if expired: the last good one),
+ * otherwise a temporary self-signed one until acme.c gets the first. */
+static void load_acme_certificate(struct config_loader *ld, struct cfg_certificate *c)
+{
+    char path[4096], err[512];
+    if (config_acme_file(ld->cfg, c, path, sizeof path) == 0 && access(path, F_OK) == 0) {
+        c->ctx = tls_server_ctx_new(path, path, err, sizeof err);
+        if (c->ctx && ctx_covers(c->ctx, c->names, c->nnames))
+            return;
+        SSL_CTX_free(c->ctx);
+        c->ctx = NULL;
+    }
+    c->temporary = true;
+    EVP_PKEY *key = acme_key_new();
+    X509 *cert =
+        key ? acme_selfsigned_cert(key, (const char *const *)c->names, c->nnames, 7) : NULL;
+    if (cert)
+        c->ctx = tls_server_ctx_of(cert, key, err, sizeof err);
+    else
+        snprintf(err, sizeof err, "cannot make a temporary certificate");
+    if (!c->ctx)
+        config_report(ld, c->line, c->name, "%s", err);
+    X509_free(cert);
+    EVP_PKEY_free(key);
+}
+
+/* [acme]'s defaults (they hold without the section too), then every ACME
+ * certificate's context. */
+static void finish_acme_certificates(struct config_loader *ld)
+{
+    struct cfg_acme *a = &ld->cfg->acme;
+    if ((!a->directory && !(a->directory = strdup(ACME_DIRECTORY_DEFAULT))) ||
+        (!a->state_dir && !(a->state_dir = strdup(ACME_STATE_DIR_DEFAULT)))) {
+        config_report(ld, a->line, "acme", "out of memory");
+        return;
+    }
+    if (a->retry_interval == 0)
+        a->retry_interval = 60;
+    for (size_t i = 0; i < ld->cfg->ncertificates; i++) {
+        struct cfg_certificate *c = &ld->cfg->certificates[i];
+        if (c->acme && c->nnames > 0 && !ld->nerrors)
+            load_acme_certificate(ld, c);
+    }
+}
 
 /* ---- checks across sections ---- */
 
@@ -498,6 +610,7 @@ static void finish(struct config_loader *ld)
         if (finishers[ld->recs[i].kind])
             finishers[ld->recs[i].kind](ld, &ld->recs[i]);
     }
+    finish_acme_certificates(ld);
     check_addresses(ld);
     for (size_t i = 0; i < ld->nrecs; i++) {
         if (ld->recs[i].kind == K_ROUTE)
@@ -507,7 +620,30 @@ static void finish(struct config_loader *ld)
     }
 }
 
-struct config *config_load(const char *path, FILE *errors, int *nerrors)
+/* The file's text, malloc'd; NULL with errno set when it cannot be read
+ * or is larger than any config should be (EFBIG). */
+static char *read_text(const char *path, size_t *len)
+{
+    enum { MAX_CONFIG = 1 << 20 };
+    FILE *fp = fopen(path, "r");
+    if (!fp)
+        return NULL;
+    char *text = malloc(MAX_CONFIG + 1);
+    size_t n = text ? fread(text, 1, MAX_CONFIG + 1, fp) : 0;
+    int failed = ferror(fp) ? EIO : n > MAX_CONFIG ? EFBIG : !text ? ENOMEM : 0;
+    fclose(fp);
+    if (failed) {
+        free(text);
+        errno = failed;
+        return NULL;
+    }
+    text[n] = '\0';
+    *len = n;
+    return text;
+}
+
+struct config *config_load_text(const char *path, const char *text, size_t len, FILE *errors,
+                                int *nerrors)
 {
     struct config *cfg = calloc(1, sizeof *cfg);
     struct config_loader ld = {
@@ -516,7 +652,7 @@ struct config *config_load(const char *path, FILE *errors, int *nerrors)
         .errors = errors,
         .cur = CONFIG_NO_RECORD,
     };
-    if (!cfg || !(cfg->file = strdup(path))) {
+    if (!cfg || !(cfg->file = strdup(path)) || !(cfg->text = malloc(len + 1))) {
         config_report(&ld, 0, NULL, "out of memory");
         goto out;
     }
@@ -533,10 +669,13 @@ struct config *config_load(const char *path, FILE *errors, int *nerrors)
         .client_connection_rate = 10,
         .overload_adapt = true,
     };
-    if (!(ld.fp = fopen(path, "r"))) {
-        ld.nerrors++;
-        if (errors)
-            fprintf(errors, "%s: cannot open: %s\n", path, strerror(errno));
+    memcpy(cfg->text, text, len);
+    cfg->text[len] = '\0';
+    cfg->text_len = len;
+    /* fmemopen() refuses a size of 0: an empty file reads as one empty line. */
+    static char empty[] = "\n";
+    if (!(ld.fp = len ? fmemopen(cfg->text, len, "r") : fmemopen(empty, 1, "r"))) {
+        config_report(&ld, 0, NULL, "out of memory");
         goto out;
     }
     config_read(&ld);
@@ -553,11 +692,33 @@ out:
     return cfg;
 }
 
+struct config *config_load(const char *path, FILE *errors, int *nerrors)
+{
+    size_t len = 0;
+    char *text = read_text(path, &len);
+    if (!text) {
+        if (errors)
+            fprintf(errors, "%s: cannot open: %s\n", path,
+                    errno == EFBIG ? "larger than 1 MiB" : strerror(errno));
+        if (nerrors)
+            *nerrors = 1;
+        return NULL;
+    }
+    struct config *cfg = config_load_text(path, text, len, errors, nerrors);
+    free(text);
+    return cfg;
+}
+
 void config_free(struct config *config)
 {
     if (!config)
         return;
     free(config->file);
+    free(config->text);
+    free(config->acme.directory);
+    free(config->acme.contact);
+    free(config->acme.state_dir);
+    free(config->acme.ca);
     free(config->global.user);
     free(config->metrics.address);
     free(config->global.syslog_socket);
@@ -566,6 +727,8 @@ void config_free(struct config *config)
         free(c->name);
         free(c->cert);
         free(c->key);
+        for (size_t j = 0; j < c->nnames; j++)
+            free(c->names[j]);
         SSL_CTX_free(c->ctx);
     }
     for (size_t i = 0; i < config->nlisteners; i++) {

@@ -3,7 +3,7 @@
  * Section shapes (see docs/sallyport.conf.5 for the full reference):
  *   [global]                 log_level, log, log_format, syslog_socket, user,
  *                            timeouts, limits, overload
- *   [certificate NAME]       cert, key, default
+ *   [certificate NAME]       cert, key, default; or acme = yes, names, challenge
  *   [listener NAME]          service (default: NAME when it is a service word),
  *                            address, mode, hostname
  *   [backend NAME]           host, one key per service word, ca, verify, tls_name,
@@ -12,6 +12,8 @@
  *                            listener's)
  *   [mailbox NAME]           address, tls, cert, key, maildir, users, hostname,
  *                            max_message_size; also usable as "backend = NAME"
+ *   [metrics]                address
+ *   [acme]                   directory, contact, state_dir, ca, retry_interval
  *
  * Every error is reported as "file:line: key: what is wrong" (key is the
  * section name for section-level errors), and loading goes on to find them all.
@@ -64,12 +66,25 @@ struct cfg_global {
     bool limit_exceptions_none; /* "none" was written */
 };
 
+/* Names one ACME certificate may cover (Let's Encrypt allows 100). */
+#define CERT_MAX_NAMES 32
+/* How the CA checks that sallyport answers for a name (acme.h). */
+enum acme_challenge { CHALLENGE_TLS_ALPN_01, CHALLENGE_HTTP_01 };
 struct cfg_certificate {
     char *name;
     int line;
     char *cert; /* path of the PEM chain */
     char *key;  /* path of the PEM key */
     bool is_default;
+    /* acme = no: yes gets the certificate for `names` from [acme]'s CA and
+     * keeps it fresh (acme.h); cert and key are then not written. */
+    bool acme;
+    char *names[CERT_MAX_NAMES]; /* names = ...: lower-cased host names */
+    size_t nnames;
+    enum acme_challenge challenge; /* challenge = tls-alpn-01 */
+    /* An ACME certificate served with a temporary self-signed one, because
+     * the state directory has none (or none that covers `names`) yet. */
+    bool temporary;
     SSL_CTX *ctx; /* loaded and key-checked; owned by the config until taken */
 };
 
@@ -180,8 +195,31 @@ struct cfg_metrics {
     struct sock_addr addr;
 };
 
+/* [acme]: the CA that certificates with acme = yes come from (acme.h).
+ * Its defaults hold without the section. */
+#define ACME_DIRECTORY_DEFAULT "https://acme-v02.api.letsencrypt.org/directory"
+#define ACME_STATE_DIR_DEFAULT "/var/lib/sallyport/acme"
+struct cfg_acme {
+    bool set;
+    int line;
+    char *directory;         /* directory = Let's Encrypt's production URL */
+    char *contact;           /* contact = (none): an e-mail address for the CA's notices */
+    char *state_dir;         /* state_dir = /var/lib/sallyport/acme: account key, certificates */
+    char *ca;                /* ca = (system store): PEM bundle that verifies the CA's HTTPS */
+    unsigned retry_interval; /* retry_interval = 60: seconds to the first retry; doubles */
+};
+
+struct config;
+
+/* The file an ACME certificate and its key live in: STATE_DIR/NAME.pem. */
+int config_acme_file(const struct config *config, const struct cfg_certificate *c, char *out,
+                     size_t outlen);
+
 struct config {
     char *file;
+    char *text; /* the file as read: a certificate refresh parses it again */
+    size_t text_len;
+    struct cfg_acme acme;
     struct cfg_global global;
     struct cfg_metrics metrics;
     struct cfg_certificate *certificates;
@@ -200,6 +238,12 @@ struct config {
  * *nerrors at 0. On failure returns NULL, prints every error to `errors` as
  * "file:line: key: what is wrong" and sets *nerrors. */
 struct config *config_load(const char *path, FILE *errors, int *nerrors);
+
+/* config_load() of `text`, what `path` held when it was last read (the
+ * config's `text`): the same config again with the certificates as they are
+ * now, without taking up edits made to the file since. */
+struct config *config_load_text(const char *path, const char *text, size_t len, FILE *errors,
+                                int *nerrors);
 
 /* True when the config has something to run (a listener or a mailbox);
  * otherwise says so on `errors`. */

@@ -15,7 +15,7 @@ static const char *const kind_names[K_COUNT] = {
     [K_GLOBAL] = "global",     [K_CERTIFICATE] = "certificate",
     [K_LISTENER] = "listener", [K_BACKEND] = "backend",
     [K_ROUTE] = "route",       [K_MAILBOX] = "mailbox",
-    [K_METRICS] = "metrics",
+    [K_METRICS] = "metrics",   [K_ACME] = "acme",
 };
 
 /* What the key handler passes to a key's parser besides the value. */
@@ -29,10 +29,11 @@ struct key_use {
 typedef bool key_parser(void *field, const char *text, const struct key_use *use, char *err,
                         size_t errlen);
 
-#define KEY_REQUIRED 1u /* the section is incomplete without it */
-#define KEY_LIST     2u /* may go on over indented lines (each one adds to the list) */
-#define KEY_RECORD   4u /* the field lives in the loader's record, not the config */
-#define KEY_CORE     8u /* a refused value makes the section unusable (config_read.h) */
+#define KEY_REQUIRED 1u  /* the section is incomplete without it */
+#define KEY_LIST     2u  /* may go on over indented lines (each one adds to the list) */
+#define KEY_RECORD   4u  /* the field lives in the loader's record, not the config */
+#define KEY_CORE     8u  /* a refused value makes the section unusable (config_read.h) */
+#define KEY_FILES    16u /* required, unless the certificate says acme = yes */
 
 struct key_def {
     enum config_kind kind;
@@ -135,6 +136,44 @@ static bool key_proxy_trusted(void *field, const char *text, const struct key_us
     return true;
 }
 
+/* "names = mail.example.com imap.example.com": host names only (a CA
+ * checks each one, so no wildcard and no default "*"). */
+static bool key_names(void *field, const char *text, const struct key_use *use, char *err,
+                      size_t errlen)
+{
+    struct cfg_certificate *c = field;
+    size_t before = c->nnames;
+    (void)use;
+    if (!value_sni(text, c->names, &c->nnames, CERT_MAX_NAMES, err, errlen))
+        return false;
+    for (size_t i = before; i < c->nnames; i++) {
+        if (strchr(c->names[i], '*')) {
+            snprintf(err, errlen,
+                     "'%s': an ACME certificate lists host names only (tls-alpn-01 and http-01 "
+                     "cannot prove a wildcard)",
+                     c->names[i]);
+            return false;
+        }
+    }
+    return true;
+}
+
+static bool key_challenge(void *field, const char *text, const struct key_use *use, char *err,
+                          size_t errlen)
+{
+    static const char *const words[] = {
+        [CHALLENGE_TLS_ALPN_01] = "tls-alpn-01", [CHALLENGE_HTTP_01] = "http-01"};
+    (void)use;
+    for (size_t i = 0; i < sizeof words / sizeof words[0]; i++) {
+        if (strcmp(text, words[i]) == 0) {
+            *(enum acme_challenge *)field = (enum acme_challenge)i;
+            return true;
+        }
+    }
+    snprintf(err, errlen, "unknown challenge '%s' (expected tls-alpn-01 or http-01)", text);
+    return false;
+}
+
 static bool key_sni(void *field, const char *text, const struct key_use *use, char *err,
                     size_t errlen)
 {
@@ -165,9 +204,12 @@ static const struct key_def keys[] = {
     {K_GLOBAL, "client_connection_rate", key_limit, OFF(cfg_global, client_connection_rate), 0},
     {K_GLOBAL, "client_limit_exceptions", key_prefixes, 0, KEY_LIST},
     {K_GLOBAL, "overload", key_overload, OFF(cfg_global, overload_adapt), 0},
-    {K_CERTIFICATE, "cert", key_readable, OFF(cfg_certificate, cert), KEY_REQUIRED},
-    {K_CERTIFICATE, "key", key_readable, OFF(cfg_certificate, key), KEY_REQUIRED},
+    {K_CERTIFICATE, "cert", key_readable, OFF(cfg_certificate, cert), KEY_FILES},
+    {K_CERTIFICATE, "key", key_readable, OFF(cfg_certificate, key), KEY_FILES},
     {K_CERTIFICATE, "default", key_bool, OFF(cfg_certificate, is_default), 0},
+    {K_CERTIFICATE, "acme", key_bool, OFF(cfg_certificate, acme), KEY_CORE},
+    {K_CERTIFICATE, "names", key_names, 0, KEY_LIST},
+    {K_CERTIFICATE, "challenge", key_challenge, OFF(cfg_certificate, challenge), 0},
     {K_LISTENER, "service", key_service, OFF(cfg_listener, service), KEY_CORE},
     {K_LISTENER, "address", key_string, OFF(cfg_listener, address), 0},
     {K_LISTENER, "mode", key_mode, OFF(cfg_listener, mode), KEY_CORE},
@@ -197,6 +239,11 @@ static const struct key_def keys[] = {
     {K_MAILBOX, "hostname", key_hostname, OFF(cfg_mailbox, hostname), 0},
     {K_MAILBOX, "max_message_size", key_size, OFF(cfg_mailbox, max_message_size), 0},
     {K_METRICS, "address", key_string, OFF(cfg_metrics, address), KEY_REQUIRED},
+    {K_ACME, "directory", key_string, OFF(cfg_acme, directory), 0},
+    {K_ACME, "contact", key_string, OFF(cfg_acme, contact), 0},
+    {K_ACME, "state_dir", key_string, OFF(cfg_acme, state_dir), 0},
+    {K_ACME, "ca", key_readable, OFF(cfg_acme, ca), 0},
+    {K_ACME, "retry_interval", key_duration, OFF(cfg_acme, retry_interval), 0},
 };
 #define NKEYS (sizeof keys / sizeof keys[0])
 _Static_assert(NKEYS + SERVICE_COUNT <= CONFIG_KEY_SLOTS, "raise CONFIG_KEY_SLOTS");
@@ -235,6 +282,8 @@ static void *object(const struct config_loader *ld, const struct config_record *
         return &cfg->mailboxes[rec->index];
     case K_METRICS:
         return &cfg->metrics;
+    case K_ACME:
+        return &cfg->acme;
     case K_COUNT:
         break;
     }
@@ -391,6 +440,10 @@ static bool add_object(struct config_loader *ld, struct config_record *rec)
         cfg->metrics.set = true;
         cfg->metrics.line = rec->line;
         return true;
+    case K_ACME:
+        cfg->acme.set = true;
+        cfg->acme.line = rec->line;
+        return true;
     case K_CERTIFICATE: {
         struct cfg_certificate *c = grow(cfg->certificates, cfg->ncertificates, sizeof *c, &grown);
         if (!c)
@@ -490,11 +543,11 @@ static void begin_section(struct config_loader *ld, const char *inside, size_t l
         config_report(
             ld, ld->line, text,
             "unknown section kind '%.*s' (expected global, certificate, listener, backend, "
-            "route, mailbox or metrics)",
+            "route, mailbox, metrics or acme)",
             (int)kind_len, text);
         return;
     }
-    bool singleton = kind == K_GLOBAL || kind == K_METRICS;
+    bool singleton = kind == K_GLOBAL || kind == K_METRICS || kind == K_ACME;
     if (singleton && name[0]) {
         config_report(ld, ld->line, text, "[%s] takes no name (write [%s])", kind_names[kind],
                       kind_names[kind]);
@@ -629,9 +682,13 @@ void config_read(struct config_loader *ld)
         config_report(ld, ld->line, NULL, "out of memory");
     for (size_t i = 0; i < ld->nrecs; i++) {
         const struct config_record *rec = &ld->recs[i];
-        for (size_t k = 0; k < NKEYS; k++)
-            if (keys[k].kind == rec->kind && (keys[k].flags & KEY_REQUIRED) && !rec->key_line[k])
+        bool acme = rec->kind == K_CERTIFICATE && ld->cfg->certificates[rec->index].acme;
+        for (size_t k = 0; k < NKEYS; k++) {
+            bool required =
+                (keys[k].flags & KEY_REQUIRED) || ((keys[k].flags & KEY_FILES) && !acme);
+            if (keys[k].kind == rec->kind && required && !rec->key_line[k])
                 config_report(ld, rec->line, rec->label, "missing required key '%s'", keys[k].key);
+        }
     }
 }
 

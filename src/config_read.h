@@ -20,6 +20,7 @@ enum config_kind {
     K_ROUTE,
     K_MAILBOX,
     K_METRICS,
+    K_ACME,
     K_COUNT
 };
 

@@ -24,6 +24,15 @@ static struct metrics_backend spare_backend;
 
 static atomic_uint_fast64_t reloads[2]; /* [0] refused, [1] done */
 
+/* ACME certificates, by name (under registry_lock). */
+struct metrics_certificate {
+    char name[64];
+    uint64_t orders[2]; /* [0] failed, [1] done */
+    int64_t not_after;
+};
+static struct metrics_certificate *certificates[METRICS_ENTRIES_MAX];
+static size_t ncertificates;
+
 static void *full_registry(const char *kind, const char *name, void *spare)
 {
     log_warn("metrics: more than %d %ss named since start; '%s' is not counted",
@@ -77,9 +86,30 @@ struct metrics_backend *metrics_backend(const char *name)
     return m ? m : full_registry("backend", name, &spare_backend);
 }
 
+void metrics_certificate(const char *name, int got, int64_t not_after)
+{
+    struct metrics_certificate *m = NULL;
+    pthread_mutex_lock(&registry_lock);
+    for (size_t i = 0; i < ncertificates && !m; i++)
+        if (strcmp(certificates[i]->name, name) == 0)
+            m = certificates[i];
+    if (!m && ncertificates < METRICS_ENTRIES_MAX && (m = calloc(1, sizeof *m))) {
+        snprintf(m->name, sizeof m->name, "%s", name);
+        certificates[ncertificates++] = m;
+    }
+    if (m && got >= 0)
+        m->orders[got > 0]++;
+    if (m && not_after)
+        m->not_after = not_after;
+    pthread_mutex_unlock(&registry_lock);
+}
+
 void metrics_free_all(void)
 {
     pthread_mutex_lock(&registry_lock);
+    for (size_t i = 0; i < ncertificates; i++)
+        free(certificates[i]);
+    ncertificates = 0;
     for (size_t i = 0; i < nlisteners; i++)
         free(listeners[i]);
     for (size_t i = 0; i < nroutes; i++)
@@ -161,6 +191,7 @@ static const char *const outcome_names[OUTCOME_COUNT] = {
     [OUTCOME_REFUSED] = "refused",
     [OUTCOME_SHUTDOWN] = "shutdown",
     [OUTCOME_EVICTED] = "evicted",
+    [OUTCOME_ACME_CHALLENGE] = "acme_challenge",
     [OUTCOME_INTERNAL_ERROR] = "internal_error",
 };
 
@@ -389,12 +420,32 @@ static void render_server(struct metrics_text *out, const struct metrics_server_
     put(out, "sallyport_start_time_seconds %.3f\n", view->start_time);
 }
 
+static void render_certificates(struct metrics_text *out)
+{
+    if (ncertificates == 0)
+        return;
+    family(out, "sallyport_acme_orders_total", "counter",
+           "ACME orders of each certificate, by result: done (installed) or failed (retried).");
+    for (size_t i = 0; i < ncertificates; i++)
+        for (int r = 1; r >= 0; r--)
+            put(out, "sallyport_acme_orders_total{certificate=\"%s\",result=\"%s\"} %llu\n",
+                certificates[i]->name, r ? "done" : "failed",
+                (unsigned long long)certificates[i]->orders[r]);
+    family(out, "sallyport_certificate_expiry_seconds", "gauge",
+           "When each ACME certificate on disk expires (Unix time).");
+    for (size_t i = 0; i < ncertificates; i++)
+        if (certificates[i]->not_after)
+            put(out, "sallyport_certificate_expiry_seconds{certificate=\"%s\"} %lld\n",
+                certificates[i]->name, (long long)certificates[i]->not_after);
+}
+
 void metrics_render(struct metrics_text *out, const struct metrics_server_view *view,
                     const struct config *config, struct health *health, double now)
 {
     pthread_mutex_lock(&registry_lock); /* entries may be added by a reload meanwhile */
     render_listeners(out);
     render_routes_and_backends(out);
+    render_certificates(out);
     pthread_mutex_unlock(&registry_lock);
     render_health(out, config, health, now);
     render_server(out, view);

@@ -35,6 +35,7 @@ enum metrics_outcome {
     OUTCOME_REFUSED,        /* over a per-client limit */
     OUTCOME_SHUTDOWN,       /* ended by a graceful stop */
     OUTCOME_EVICTED,        /* closed before TLS to admit others (overload.h) */
+    OUTCOME_ACME_CHALLENGE, /* a CA's tls-alpn-01 check, answered (acme_challenge.h) */
     OUTCOME_INTERNAL_ERROR, /* out of memory or the like */
     OUTCOME_COUNT,
     OUTCOME_UNSET = OUTCOME_COUNT,
@@ -108,6 +109,11 @@ struct metrics_route *metrics_route(const char *name);
 struct metrics_backend *metrics_backend(const char *name);
 
 /* Counting, from any worker. */
+/* An ACME certificate's outcome (acme.c): `got` 1 when an order was done,
+ * 0 when one failed, -1 for neither; `not_after` (Unix time) when known,
+ * else 0. Any thread. */
+void metrics_certificate(const char *name, int got, int64_t not_after);
+
 void metrics_phase_move(struct metrics_listener *m, enum metrics_phase from, enum metrics_phase to);
 void metrics_count(atomic_uint_fast64_t *counter, uint64_t n);
 

@@ -3,6 +3,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "acme.h"
 #include "client_table.h"
 #include "generation.h"
 #include "health.h"
@@ -188,40 +189,62 @@ static int reload_done(const struct server *server, int rc)
     return rc;
 }
 
-int server_reload(struct server *server)
+/* The ACME thread's word, on worker 0's loop. */
+static void on_acme_installed(struct ev_loop *loop, ev_async *w, int revents)
 {
-    struct generation *running = server->current;
-    if (atomic_load(&server->draining)) {
-        log_warn("reload: stopping already; not reloading");
-        metrics_reloaded(false);
-        return -1;
-    }
-    notify_reloading();
-    log_info("reload: reading %s", server->config_path);
+    (void)loop;
+    (void)revents;
+    server_refresh_certificates(w->data);
+}
+
+/* On the ACME thread: hands the news to worker 0's loop. */
+static void acme_installed(void *arg)
+{
+    struct server *server = arg;
+    ev_async_send(server->workers[0].loop, &server->acme_installed);
+}
+
+/* Starts the ACME thread for the current generation's certificates. */
+static int start_acme(struct server *server)
+{
+    server->acme = acme_start(server->current->config, acme_installed, server);
+    return server->acme ? 0 : -1;
+}
+
+/* Reads the config again: from the file (a reload), or from the running
+ * config's text (`text`, a certificate refresh). NULL after logging the
+ * errors. */
+static struct config *read_again(struct server *server, const char *text, size_t len, int *nerrors)
+{
     FILE *errors = tmpfile();
-    int nerrors = 0;
-    struct config *config = config_load(server->config_path, errors ? errors : stderr, &nerrors);
-    if (config && !config_runnable(config, errors ? errors : stderr)) {
+    FILE *to = errors ? errors : stderr;
+    *nerrors = 0;
+    struct config *config = text ? config_load_text(server->config_path, text, len, to, nerrors)
+                                 : config_load(server->config_path, to, nerrors);
+    if (config && !config_runnable(config, to)) {
         config_free(config);
         config = NULL;
-        nerrors = 1;
+        *nerrors = 1;
     }
     if (errors) {
         log_config_errors(errors);
         fclose(errors);
     }
-    if (!config) {
-        log_error("reload refused: %s has %d error%s; still serving generation %u",
-                  server->config_path, nerrors, nerrors == 1 ? "" : "s", running->number);
-        return reload_done(server, -1);
-    }
+    return config;
+}
+
+/* Makes `config` the next generation and swaps it in. -1 (logged, nothing
+ * changed) when the generation cannot be built. */
+static int install(struct server *server, struct config *config, const char *why)
+{
+    struct generation *running = server->current;
     keep_fixed_settings(running->config, config);
     unsigned number = running->number + 1;
     struct generation *next =
         generation_new(config, number, server->nworkers, running, server->tickets);
     if (!next) {
-        log_error("reload refused; still serving generation %u", running->number);
-        return reload_done(server, -1);
+        log_error("%s refused; still serving generation %u", why, running->number);
+        return -1;
     }
     if (!server->log_level_fixed)
         log_set_level(next->config->global.log_level);
@@ -239,17 +262,68 @@ int server_reload(struct server *server)
         worker_wake(&server->workers[i]);
     prober_stop(server->prober);
     server->prober = prober_start(next, server->workers[0].loop);
+    if (server->acme)
+        acme_update(server->acme, next->config);
+    else if (acme_wanted(next->config))
+        start_acme(server);
     log_sockets(next);
+    generation_release(running); /* the server's reference */
+    return 0;
+}
+
+int server_reload(struct server *server)
+{
+    struct generation *running = server->current;
+    if (atomic_load(&server->draining)) {
+        log_warn("reload: stopping already; not reloading");
+        metrics_reloaded(false);
+        return -1;
+    }
+    notify_reloading();
+    log_info("reload: reading %s", server->config_path);
+    int nerrors = 0;
+    struct config *config = read_again(server, NULL, 0, &nerrors);
+    if (!config) {
+        log_error("reload refused: %s has %d error%s; still serving generation %u",
+                  server->config_path, nerrors, nerrors == 1 ? "" : "s", running->number);
+        return reload_done(server, -1);
+    }
+    if (install(server, config, "reload") != 0)
+        return reload_done(server, -1);
     log_info("reloaded: generation %u serves new connections; sessions on earlier ones finish "
              "there",
-             number);
-    generation_release(running); /* the server's reference */
+             server->current->number);
     return reload_done(server, 0);
+}
+
+int server_refresh_certificates(struct server *server)
+{
+    if (atomic_load(&server->draining))
+        return -1;
+    int nerrors = 0;
+    struct config *config = read_again(server, server->current->config->text,
+                                       server->current->config->text_len, &nerrors);
+    if (!config || install(server, config, "certificate refresh") != 0) {
+        log_error("acme: cannot load the new certificate; still serving generation %u",
+                  server->current->number);
+        return -1;
+    }
+    log_info("acme: certificates refreshed: generation %u serves new connections; sessions on "
+             "earlier ones keep theirs",
+             server->current->number);
+    return 0;
 }
 
 int server_run(struct server *server)
 {
     unsigned started = 1;
+    ev_async_init(&server->acme_installed, on_acme_installed);
+    server->acme_installed.data = server;
+    ev_async_start(server->workers[0].loop, &server->acme_installed);
+    if (acme_wanted(server->current->config) && start_acme(server) != 0) {
+        ev_async_stop(server->workers[0].loop, &server->acme_installed);
+        return -1;
+    }
     atomic_store(&server->running, true);
     while (started < server->nworkers && worker_start(&server->workers[started]) == 0)
         started++;
@@ -260,6 +334,9 @@ int server_run(struct server *server)
         atomic_store(&server->running, false);
         for (unsigned i = 1; i < started; i++)
             worker_join(&server->workers[i]);
+        acme_stop(server->acme);
+        server->acme = NULL;
+        ev_async_stop(server->workers[0].loop, &server->acme_installed);
         return -1;
     }
     worker_start(&server->workers[0]);
@@ -278,6 +355,9 @@ int server_run(struct server *server)
     ev_timer_start(server->workers[0].loop, &server->ticket_rotation);
     ev_timer_again(server->workers[0].loop, &server->overload_check);
     ev_run(server->workers[0].loop, 0);
+    acme_stop(server->acme); /* before the loop its word goes to */
+    server->acme = NULL;
+    ev_async_stop(server->workers[0].loop, &server->acme_installed);
     ev_timer_stop(server->workers[0].loop, &server->ticket_rotation);
     ev_timer_stop(server->workers[0].loop, &server->overload_check);
     prober_stop(server->prober);

@@ -22,6 +22,7 @@ struct worker;
 struct generation;
 struct prober;
 struct scrape;
+struct acme;
 struct tls_tickets;
 
 struct server {
@@ -36,6 +37,8 @@ struct server {
     ev_timer ticket_rotation;    /* worker 0's loop: a fresh ticket key now and then */
     struct prober *prober;       /* the current generation's active checks (worker 0) */
     struct scrape *scrape;       /* the [metrics] endpoint (worker 0), or NULL */
+    struct acme *acme;           /* the ACME thread, while a certificate says acme = yes */
+    ev_async acme_installed;     /* worker 0's loop: the ACME thread wrote a certificate */
     double start_time;           /* Unix time */
     struct worker *workers;
     unsigned nworkers;
@@ -91,6 +94,13 @@ void server_stop(struct server *server);
  * with. `workers` and `user` keep their running values (a restart changes
  * them). Returns 0, or -1 when the reload was refused. */
 int server_reload(struct server *server);
+
+/* The ACME thread wrote a certificate, from worker 0's loop: builds a new
+ * generation from the running config's own text (an edit of the file
+ * since waits for SIGHUP) with the certificates as they are on disk now.
+ * Not counted as a reload. Returns 0, or -1 when it could not be built
+ * (logged; the running generation goes on). */
+int server_refresh_certificates(struct server *server);
 
 /* The current generation, with a reference the caller releases. Any thread. */
 struct generation *server_generation(struct server *server);

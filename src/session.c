@@ -22,6 +22,7 @@
 #include "client_table.h"
 #include "clienthello.h"
 #include "conn.h"
+#include "acme_challenge.h"
 #include "dialogue/dialogue.h"
 #include "health.h"
 #include "listener.h"
@@ -567,6 +568,47 @@ int session_check_alpn(void *session, const unsigned char *list, unsigned len)
 static void terminate_client_tls(struct session *s);
 static void on_client_handshake_io(struct session *s);
 
+/* A CA checking a name by tls-alpn-01 (RFC 8737): it offers acme-tls/1
+ * alone, on an implicit-TLS port. True if this ClientHello is one. */
+static bool is_acme_check(const struct session *s, const struct clienthello *hello)
+{
+    return s->service->tls == TLS_IMPLICIT && hello->alpn_count == 1 &&
+           strcmp(hello->alpn[0], TLS_ACME_ALPN) == 0;
+}
+
+/* Answers the check with the challenge certificate of the name, when one
+ * is pending; the session ends once the handshake is done. */
+static void answer_acme_check(struct session *s, const struct clienthello *hello)
+{
+    SSL_CTX *ctx = hello->has_sni ? acme_challenge_alpn(hello->sni) : NULL;
+    if (!ctx) {
+        tls_failed(s, TLSFAIL_UNKNOWN_SNI);
+        session_set_outcome(s, OUTCOME_NO_ROUTE);
+        session_close(s, LOG_LEVEL_INFO,
+                      "acme-tls/1 handshake for %s, which has no challenge "
+                      "pending",
+                      hello->has_sni ? hello->sni : "no name");
+        return;
+    }
+    struct buf *up = s->up;
+    SSL *ssl = tls_acme_accept(ctx);
+    SSL_CTX_free(ctx); /* the SSL holds its own reference */
+    if (!ssl || !conn_start_tls_replay(&s->client, ssl, up->data, up->len)) {
+        session_set_outcome(s, OUTCOME_INTERNAL_ERROR);
+        session_close(s, LOG_LEVEL_ERROR, "out of memory for TLS");
+        return;
+    }
+    snprintf(s->sni, sizeof s->sni, "%s", hello->sni);
+    s->has_sni = true;
+    s->bytes_in -= up->len;
+    up->len = 0;
+    s->mode = MODE_TERMINATE;
+    s->acme_challenge = true;
+    s->client_hs_wait = EV_READ;
+    session_enter(s, SESSION_CLIENT_HANDSHAKE);
+    on_client_handshake_io(s);
+}
+
 /* Every TLS connection starts here: its ClientHello names the route, and
  * the route says whether sallyport terminates the TLS or passes it on. */
 static void on_clienthello_io(struct session *s)
@@ -610,6 +652,10 @@ static void on_clienthello_io(struct session *s)
         session_close(
             s, LOG_LEVEL_INFO, "bad ClientHello: %s",
             clienthello_result_name(r == CLIENTHELLO_NEED_MORE ? CLIENTHELLO_TOO_LARGE : r));
+        return;
+    }
+    if (is_acme_check(s, &hello)) {
+        answer_acme_check(s, &hello);
         return;
     }
     if (!route_session(s, hello.has_sni ? hello.sni : NULL)) {
@@ -678,6 +724,11 @@ static void on_client_handshake_io(struct session *s)
             session_set_outcome(s, OUTCOME_TLS_FAILED);
             session_close(s, LOG_LEVEL_INFO, "client TLS handshake failed: %s", conn_error());
         }
+        return;
+    }
+    if (s->acme_challenge) {
+        session_set_outcome(s, OUTCOME_ACME_CHALLENGE);
+        session_close(s, LOG_LEVEL_INFO, "answered the tls-alpn-01 challenge for %s", s->sni);
         return;
     }
     metrics_count(&s->metrics->tls_starts[s->service->tls == TLS_STARTTLS ? TLS_START_STARTTLS

@@ -85,8 +85,9 @@ struct session {
     uint32_t tried;             /* candidate bits: rank * ENDPOINT_MAX_ADDRS + address */
     ev_tstamp backend_deadline; /* no more tries after this */
     bool has_sni;
-    bool sni_refused;  /* the TLS handshake was refused: no route for the SNI */
-    bool alpn_refused; /* ... or the client offered ALPN, but not our protocol */
+    bool sni_refused;    /* the TLS handshake was refused: no route for the SNI */
+    bool alpn_refused;   /* ... or the client offered ALPN, but not our protocol */
+    bool acme_challenge; /* the handshake answers a CA's tls-alpn-01 check */
     char sni[256];
 
     union {                         /* one phase at a time: cleartext, then prelude, then relay */

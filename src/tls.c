@@ -98,6 +98,24 @@ fail:
     return NULL;
 }
 
+SSL_CTX *tls_server_ctx_of(X509 *cert, EVP_PKEY *key, char *err, size_t errlen)
+{
+    ERR_clear_error();
+    SSL_CTX *ctx = SSL_CTX_new(TLS_server_method());
+    if (!ctx) {
+        take_error(err, errlen, "cannot create TLS context", NULL);
+        return NULL;
+    }
+    apply_policy(ctx);
+    if (SSL_CTX_use_certificate(ctx, cert) != 1 || SSL_CTX_use_PrivateKey(ctx, key) != 1 ||
+        SSL_CTX_check_private_key(ctx) != 1) {
+        take_error(err, errlen, "cannot use certificate", NULL);
+        SSL_CTX_free(ctx);
+        return NULL;
+    }
+    return ctx;
+}
+
 SSL_CTX *tls_client_ctx_new(const char *ca_path, bool verify, char *err, size_t errlen)
 {
     ERR_clear_error();
@@ -384,6 +402,39 @@ static int on_alpn(SSL *ssl, const unsigned char **out, unsigned char *outlen,
     *out = in + at + 1;
     *outlen = in[at];
     return SSL_TLSEXT_ERR_OK;
+}
+
+/* The tls-alpn-01 handshake selects acme-tls/1, or fails (RFC 8737 4). */
+static int on_acme_alpn(SSL *ssl, const unsigned char **out, unsigned char *outlen,
+                        const unsigned char *in, unsigned inlen, void *arg)
+{
+    (void)ssl;
+    (void)arg;
+    int at = tls_alpn_find(in, inlen, TLS_ACME_ALPN);
+    if (at < 0)
+        return SSL_TLSEXT_ERR_ALERT_FATAL;
+    *out = in + at + 1;
+    *outlen = in[at];
+    return SSL_TLSEXT_ERR_OK;
+}
+
+SSL_CTX *tls_acme_ctx_new(X509 *cert, EVP_PKEY *key, char *err, size_t errlen)
+{
+    SSL_CTX *ctx = tls_server_ctx_of(cert, key, err, errlen);
+    if (ctx) {
+        SSL_CTX_set_alpn_select_cb(ctx, on_acme_alpn, NULL);
+        SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF);
+        SSL_CTX_set_options(ctx, SSL_OP_NO_TICKET);
+    }
+    return ctx;
+}
+
+SSL *tls_acme_accept(SSL_CTX *ctx)
+{
+    SSL *ssl = SSL_new(ctx);
+    if (ssl)
+        SSL_set_accept_state(ssl);
+    return ssl;
 }
 
 bool tls_store_add(struct tls_store *store, SSL_CTX *ctx, bool is_default)

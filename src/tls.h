@@ -15,6 +15,21 @@
  * into err (e.g. "key does not match certificate") on failure. */
 SSL_CTX *tls_server_ctx_new(const char *cert_path, const char *key_path, char *err, size_t errlen);
 
+/* tls_server_ctx_new() of a certificate and key in memory (an ACME
+ * temporary or challenge certificate); both stay the caller's. */
+SSL_CTX *tls_server_ctx_of(X509 *cert, EVP_PKEY *key, char *err, size_t errlen);
+
+/* The ALPN protocol of the tls-alpn-01 challenge (RFC 8737). */
+#define TLS_ACME_ALPN "acme-tls/1"
+
+/* A context that answers one tls-alpn-01 challenge with `cert`: it selects
+ * acme-tls/1 and refuses any handshake that does not offer it. No session
+ * resumption. `cert` and `key` stay the caller's. */
+SSL_CTX *tls_acme_ctx_new(X509 *cert, EVP_PKEY *key, char *err, size_t errlen);
+
+/* A server SSL of such a context. NULL on allocation failure. */
+SSL *tls_acme_accept(SSL_CTX *ctx);
+
 /* Creates a client context for backends: the policy above, peer verification
  * against `ca_path` (a PEM bundle) or the system store when ca_path is NULL.
  * With verify false, the backend's certificate is not checked at all. */

@@ -774,7 +774,7 @@ static void test_unknown_section(void **state)
     (void)state;
     expect_errors(BASE "[frontend web]\nport = 25\n",
                   "cfg:10: frontend web: unknown section kind 'frontend' (expected global, "
-                  "certificate, listener, backend, route, mailbox or metrics)\n",
+                  "certificate, listener, backend, route, mailbox, metrics or acme)\n",
                   1);
 }
 
