@@ -51,6 +51,7 @@ TEST_MODULES_test_pools        := buf_pool pipe_pool
 TEST_MODULES_test_proxy_header := proxy_header
 TEST_MODULES_test_metrics     := metrics health service sock $(LOG_MODULES)
 TEST_MODULES_test_log          := $(LOG_MODULES)
+TEST_MODULES_test_acme_crypto := acme_crypto
 UNIT_SRCS := $(wildcard tests/unit/test_*.c)
 UNIT_BINS := $(UNIT_SRCS:tests/unit/%.c=$(BUILD)/tests/%)
 .SECONDEXPANSION:
