@@ -39,12 +39,12 @@ LOG_MODULES := log log_line log_queue log_sink
 TEST_MODULES_test_clienthello := clienthello
 TEST_MODULES_test_config      := config config_read config_value client_table service sock tls acme_crypto \
                                  $(LOG_MODULES) dialogue/smtp dialogue/imap dialogue/pop3 \
-                                 dialogue/sieve dialogue/dialogue
+                                 dialogue/sieve dialogue/https dialogue/dialogue
 TEST_MODULES_test_mailbox     := smtp_data smtp_syntax userdb maildir $(LOG_MODULES)
-TEST_MODULES_test_dialogue    := dialogue/smtp dialogue/imap dialogue/pop3 dialogue/sieve dialogue/dialogue $(LOG_MODULES)
-TEST_MODULES_test_dialogue_imap  := dialogue/smtp dialogue/imap dialogue/pop3 dialogue/sieve dialogue/dialogue $(LOG_MODULES)
-TEST_MODULES_test_dialogue_pop3  := dialogue/smtp dialogue/imap dialogue/pop3 dialogue/sieve dialogue/dialogue $(LOG_MODULES)
-TEST_MODULES_test_dialogue_sieve := dialogue/smtp dialogue/imap dialogue/pop3 dialogue/sieve dialogue/dialogue $(LOG_MODULES)
+TEST_MODULES_test_dialogue    := dialogue/smtp dialogue/imap dialogue/pop3 dialogue/sieve dialogue/https dialogue/dialogue $(LOG_MODULES)
+TEST_MODULES_test_dialogue_imap  := dialogue/smtp dialogue/imap dialogue/pop3 dialogue/sieve dialogue/https dialogue/dialogue $(LOG_MODULES)
+TEST_MODULES_test_dialogue_pop3  := dialogue/smtp dialogue/imap dialogue/pop3 dialogue/sieve dialogue/https dialogue/dialogue $(LOG_MODULES)
+TEST_MODULES_test_dialogue_sieve := dialogue/smtp dialogue/imap dialogue/pop3 dialogue/sieve dialogue/https dialogue/dialogue $(LOG_MODULES)
 TEST_MODULES_test_route       := route tls $(LOG_MODULES)
 TEST_MODULES_test_client_table := client_table
 TEST_MODULES_test_pools        := buf_pool pipe_pool
@@ -216,7 +216,7 @@ FUZZ_CFLAGS := -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefin
 	$(CSTD) $(WARN) $(PKG_CFLAGS) -Isrc
 FUZZ_TARGETS := clienthello dialogue_server dialogue_backend smtp_data config proxy_header log_line
 FUZZ_DIALOGUE_SRCS := src/dialogue/smtp.c src/dialogue/imap.c src/dialogue/pop3.c \
-	src/dialogue/sieve.c src/dialogue/dialogue.c src/log.c src/log_line.c src/log_queue.c \
+	src/dialogue/sieve.c src/dialogue/https.c src/dialogue/dialogue.c src/log.c src/log_line.c src/log_queue.c \
 	src/log_sink.c
 FUZZ_SRCS_clienthello      := src/clienthello.c
 FUZZ_SRCS_proxy_header     := src/proxy_header.c
@@ -225,7 +225,7 @@ FUZZ_SRCS_dialogue_backend := $(FUZZ_DIALOGUE_SRCS)
 FUZZ_SRCS_smtp_data        := src/smtp_data.c
 FUZZ_SRCS_log_line         := src/log_line.c src/log.c src/log_queue.c src/log_sink.c
 FUZZ_SRCS_config := src/config.c src/config_read.c src/config_value.c src/client_table.c src/service.c \
-	src/sock.c src/tls.c $(FUZZ_DIALOGUE_SRCS)
+	src/sock.c src/tls.c src/acme_crypto.c $(FUZZ_DIALOGUE_SRCS)
 FUZZ_LIBS_config := $(shell pkg-config --libs openssl inih 2>/dev/null)
 FUZZ_MAXLEN_clienthello      := 17000
 FUZZ_MAXLEN_dialogue_server  := 4096

@@ -165,6 +165,18 @@ static void finish_listener(struct config_loader *ld, struct config_record *rec)
     if (!l->idle_timeout)
         l->idle_timeout = cfg->global.idle_timeout ? cfg->global.idle_timeout
                                                    : service_info(l->service)->idle_timeout;
+    if (l->service == SERVICE_HTTPS) {
+        if (config_key_set(rec, "mode") && l->mode == MODE_TERMINATE)
+            config_report(ld, config_key_line(rec, "mode"), "mode",
+                          "an https listener passes TLS through to the web server untouched "
+                          "(sallyport terminates only a CA's tls-alpn-01 check): remove mode");
+        l->mode = MODE_PASSTHROUGH;
+        return; /* [route]s are for mail; backend = NAME is checked with them */
+    }
+    if (rec->backend_ref)
+        config_report(ld, config_key_line(rec, "backend"), "backend",
+                      "only an https listener takes backend (mail listeners choose a backend "
+                      "by [route])");
     if (l->proxy_protocol && l->nproxy_trusted == 0)
         config_report(ld, config_key_line(rec, "proxy_protocol"), "proxy_protocol",
                       "proxy_protocol = yes needs proxy_trusted: the addresses of the load "
@@ -474,6 +486,8 @@ static void check_pairs(struct config_loader *ld, const struct config_record *re
         if (lrec->kind != K_LISTENER || lrec->unusable)
             continue;
         const struct cfg_listener *l = &ld->cfg->listeners[lrec->index];
+        if (l->service == SERVICE_HTTPS)
+            continue; /* routes are for mail: an https listener has its own backend */
         const struct service_info *info = service_info(l->service);
         const struct endpoint *ep = &b->endpoints[l->service];
         if (!ep->set) {
@@ -595,6 +609,69 @@ static void check_route(struct config_loader *ld, struct config_record *rec)
         link_backends(ld, rec, r);
 }
 
+/* The backend named `name`, or NULL. */
+static struct cfg_backend *backend_named(const struct config *cfg, const char *name)
+{
+    for (size_t i = 0; i < cfg->nbackends; i++)
+        if (strcmp(cfg->backends[i].name, name) == 0)
+            return &cfg->backends[i];
+    return NULL;
+}
+
+/* An https listener's backend = NAME: the web server, reached through a
+ * route of its own (so that it is chosen, counted and checked as every
+ * backend is). */
+static void add_web_route(struct config_loader *ld, const struct config_record *rec)
+{
+    struct config *cfg = ld->cfg;
+    struct cfg_listener *l = &cfg->listeners[rec->index];
+    int line = config_key_line(rec, "backend");
+    struct cfg_backend *b = backend_named(cfg, rec->backend_ref);
+    const struct endpoint *ep = b ? &b->endpoints[SERVICE_HTTPS] : NULL;
+    if (!b || b->mailbox) {
+        config_report(ld, line, "backend", "no [backend] named '%s' (the web server's)",
+                      rec->backend_ref);
+        return;
+    }
+    if (!ep->set) {
+        config_report(ld, line, "backend",
+                      "listener '%s' offers https, but backend '%s' has none (write https = "
+                      "HOST:PORT in [backend %s]; host = does not set it)",
+                      l->name, b->name, b->name);
+        return;
+    }
+    if (ep->tls != TLS_IMPLICIT) {
+        config_report(ld, line, "backend",
+                      "listener '%s' passes TLS through, so backend '%s' must speak TLS for "
+                      "https, but it is %s",
+                      l->name, b->name, tls_flavour_name(ep->tls));
+        return;
+    }
+    if (b->xclient) {
+        config_report(ld, line, "backend",
+                      "backend '%s' has xclient = yes, which https has no command for (use "
+                      "proxy_protocol)",
+                      b->name);
+        return;
+    }
+    void *grown = realloc(cfg->routes, (cfg->nroutes + 1) * sizeof *cfg->routes);
+    char name[200];
+    snprintf(name, sizeof name, "https:%s", l->name);
+    if (!grown) {
+        config_report(ld, line, "backend", "out of memory");
+        return;
+    }
+    cfg->routes = grown;
+    struct cfg_route *r = &cfg->routes[cfg->nroutes];
+    *r = (struct cfg_route){
+        .line = line, .backends = {b}, .nbackends = 1, .mode = MODE_PASSTHROUGH, .mode_set = true};
+    if (!(r->name = strdup(name))) {
+        config_report(ld, line, "backend", "out of memory");
+        return;
+    }
+    l->web_route = cfg->nroutes++;
+}
+
 /* Runs every check that needs the whole file, in file order, and links
  * backends to mailboxes (the arrays no longer grow). */
 static void finish(struct config_loader *ld)
@@ -617,6 +694,12 @@ static void finish(struct config_loader *ld)
             check_route(ld, &ld->recs[i]);
         else if (ld->recs[i].kind == K_MAILBOX)
             ld->cfg->backends[ld->recs[i].backend].mailbox = &ld->cfg->mailboxes[ld->recs[i].index];
+    }
+    for (size_t i = 0; i < ld->nrecs; i++) {
+        const struct config_record *rec = &ld->recs[i];
+        if (rec->kind == K_LISTENER && !rec->unusable && rec->backend_ref &&
+            ld->cfg->listeners[rec->index].service == SERVICE_HTTPS)
+            add_web_route(ld, rec);
     }
 }
 

@@ -5,7 +5,7 @@
  *                            timeouts, limits, overload
  *   [certificate NAME]       cert, key, default; or acme = yes, names, challenge
  *   [listener NAME]          service (default: NAME when it is a service word),
- *                            address, mode, hostname
+ *                            address, mode, hostname; https listeners: backend
  *   [backend NAME]           host, one key per service word, ca, verify, tls_name,
  *                            proxy_protocol, xclient
  *   [route NAME]             sni, backend (one or more), balance, mode (default: the
@@ -105,7 +105,13 @@ struct cfg_listener {
      * seconds a relayed session may pass no bytes either way. Resolved at
      * load time, never 0. */
     unsigned idle_timeout;
+    /* https listeners: backend = NAME, the web server every connection that
+     * is not a CA's tls-alpn-01 check passes through to, by the route
+     * config.c makes for it ("https:LISTENER", no SNI names) at this index
+     * of config->routes; CONFIG_NO_ROUTE without a backend. */
+    size_t web_route;
 };
+#define CONFIG_NO_ROUTE ((size_t)-1)
 
 /* Addresses kept per endpoint: a host name with several is tried in turn. */
 #define ENDPOINT_MAX_ADDRS 4
@@ -184,6 +190,8 @@ struct cfg_route {
 static inline enum listen_mode route_mode(const struct cfg_listener *listener,
                                           const struct cfg_route *route)
 {
+    if (listener->service == SERVICE_HTTPS)
+        return MODE_PASSTHROUGH; /* the web server's TLS is never sallyport's */
     return route && route->mode_set ? route->mode : listener->mode;
 }
 

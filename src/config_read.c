@@ -94,7 +94,7 @@ static bool key_host(void *field, const char *text, const struct key_use *use, c
         return false;
     for (int s = 0; s < SERVICE_COUNT; s++) {
         struct endpoint *ep = &backend->endpoints[s];
-        if (ep->set)
+        if (ep->set || !service_info((enum service)s)->by_host)
             continue;
         if (!value_endpoint(host, (enum service)s, ep, err, errlen))
             return false;
@@ -217,6 +217,7 @@ static const struct key_def keys[] = {
     {K_LISTENER, "proxy_protocol", key_bool, OFF(cfg_listener, proxy_protocol), 0},
     {K_LISTENER, "proxy_trusted", key_proxy_trusted, 0, KEY_LIST},
     {K_LISTENER, "idle_timeout", key_duration, OFF(cfg_listener, idle_timeout), 0},
+    {K_LISTENER, "backend", key_string, OFF(config_record, backend_ref), KEY_RECORD},
     {K_BACKEND, "host", key_host, 0, KEY_CORE},
     {K_BACKEND, "ca", key_readable, OFF(cfg_backend, ca), 0},
     {K_BACKEND, "verify", key_bool, OFF(cfg_backend, verify), 0},
@@ -461,6 +462,7 @@ static bool add_object(struct config_loader *ld, struct config_record *rec)
         rec->index = cfg->nlisteners++;
         l->line = rec->line;
         l->mode = MODE_TERMINATE;
+        l->web_route = CONFIG_NO_ROUTE;
         return (l->name = strdup(rec->name)) != NULL;
     }
     case K_ROUTE: {

@@ -25,7 +25,7 @@ enum config_kind {
 };
 
 #define CONFIG_NO_RECORD SIZE_MAX
-#define CONFIG_KEY_SLOTS 64
+#define CONFIG_KEY_SLOTS 80
 
 /* One parsed section: where it is in the file and which keys it set. */
 struct config_record {

@@ -87,6 +87,10 @@ static bool send_local_header(struct probe *p)
 
 static void start_greeting(struct probe *p)
 {
+    if (dialogue_for(service_info(p->service)->proto)->client_first) {
+        finish(p, NULL); /* no greeting to wait for: connected (and TLS) is up */
+        return;
+    }
     dialogue_backend_init(&p->db, dialogue_for(service_info(p->service)->proto),
                           BACKEND_GREETING_ONLY, "sallyport");
     p->len = 0;

@@ -11,15 +11,17 @@
 #define IDLE_IMAP  (31 * 60)
 #define IDLE_POP3  600
 #define IDLE_SIEVE 600
+#define IDLE_HTTPS 600
 
 static const struct service_info services[SERVICE_COUNT] = {
-    [SERVICE_SUBMISSIONS] = {"submissions", PROTO_SMTP, TLS_IMPLICIT, 465, IDLE_SMTP},
-    [SERVICE_SUBMISSION] = {"submission", PROTO_SMTP, TLS_STARTTLS, 587, IDLE_SMTP},
-    [SERVICE_IMAPS] = {"imaps", PROTO_IMAP, TLS_IMPLICIT, 993, IDLE_IMAP},
-    [SERVICE_IMAP] = {"imap", PROTO_IMAP, TLS_STARTTLS, 143, IDLE_IMAP},
-    [SERVICE_POP3S] = {"pop3s", PROTO_POP3, TLS_IMPLICIT, 995, IDLE_POP3},
-    [SERVICE_POP3] = {"pop3", PROTO_POP3, TLS_STARTTLS, 110, IDLE_POP3},
-    [SERVICE_SIEVE] = {"sieve", PROTO_SIEVE, TLS_STARTTLS, 4190, IDLE_SIEVE},
+    [SERVICE_SUBMISSIONS] = {"submissions", PROTO_SMTP, TLS_IMPLICIT, 465, IDLE_SMTP, true},
+    [SERVICE_SUBMISSION] = {"submission", PROTO_SMTP, TLS_STARTTLS, 587, IDLE_SMTP, true},
+    [SERVICE_IMAPS] = {"imaps", PROTO_IMAP, TLS_IMPLICIT, 993, IDLE_IMAP, true},
+    [SERVICE_IMAP] = {"imap", PROTO_IMAP, TLS_STARTTLS, 143, IDLE_IMAP, true},
+    [SERVICE_POP3S] = {"pop3s", PROTO_POP3, TLS_IMPLICIT, 995, IDLE_POP3, true},
+    [SERVICE_POP3] = {"pop3", PROTO_POP3, TLS_STARTTLS, 110, IDLE_POP3, true},
+    [SERVICE_SIEVE] = {"sieve", PROTO_SIEVE, TLS_STARTTLS, 4190, IDLE_SIEVE, true},
+    [SERVICE_HTTPS] = {"https", PROTO_HTTPS, TLS_IMPLICIT, 443, IDLE_HTTPS, false},
 };
 
 static const char *const flavour_names[] = {
@@ -29,10 +31,8 @@ static const char *const flavour_names[] = {
 };
 
 static const char *const proto_names[PROTO_COUNT] = {
-    [PROTO_SMTP] = "smtp",
-    [PROTO_IMAP] = "imap",
-    [PROTO_POP3] = "pop3",
-    [PROTO_SIEVE] = "sieve",
+    [PROTO_SMTP] = "smtp",   [PROTO_IMAP] = "imap",   [PROTO_POP3] = "pop3",
+    [PROTO_SIEVE] = "sieve", [PROTO_HTTPS] = "https",
 };
 
 const struct service_info *service_info(enum service service)

@@ -3,9 +3,10 @@
 #ifndef SALLYPORT_SERVICE_H
 #define SALLYPORT_SERVICE_H
 
+#include <stdbool.h>
 #include <stdint.h>
 
-enum proto { PROTO_SMTP, PROTO_IMAP, PROTO_POP3, PROTO_SIEVE, PROTO_COUNT };
+enum proto { PROTO_SMTP, PROTO_IMAP, PROTO_POP3, PROTO_SIEVE, PROTO_HTTPS, PROTO_COUNT };
 
 enum tls_flavour {
     TLS_PLAIN,    /* cleartext, no TLS at all (backends only) */
@@ -21,6 +22,7 @@ enum service {
     SERVICE_POP3S,       /* POP3, implicit TLS, 995 */
     SERVICE_POP3,        /* POP3, STARTTLS (STLS), 110 */
     SERVICE_SIEVE,       /* ManageSieve, STARTTLS only, 4190 (RFC 5804) */
+    SERVICE_HTTPS,       /* HTTPS, 443: passed through to a web server; ACME's tls-alpn-01 */
     SERVICE_COUNT
 };
 
@@ -32,6 +34,9 @@ struct service_info {
     /* Seconds a relayed session may be silent both ways, unless configured
      * (idle_timeout): what the protocol's RFC lets a client expect. */
     unsigned idle_timeout;
+    /* A backend's "host = X" gives it this service (the mail ones); the web
+     * server's https endpoint is only ever written out. */
+    bool by_host;
 };
 
 const struct service_info *service_info(enum service service);

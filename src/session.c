@@ -609,6 +609,26 @@ static void answer_acme_check(struct session *s, const struct clienthello *hello
     on_client_handshake_io(s);
 }
 
+/* An https listener: every connection but a CA's check goes, untouched, to
+ * the web server (the listener's backend = NAME). */
+static void pass_to_web_server(struct session *s, const struct clienthello *hello)
+{
+    s->has_sni = hello->has_sni;
+    if (hello->has_sni)
+        snprintf(s->sni, sizeof s->sni, "%s", hello->sni);
+    if (s->listener->web_route == CONFIG_NO_ROUTE) {
+        tls_failed(s, TLSFAIL_UNKNOWN_SNI);
+        session_set_outcome(s, OUTCOME_NO_ROUTE);
+        session_close(s, LOG_LEVEL_INFO,
+                      "https listener without a backend: it answers only ACME checks");
+        return;
+    }
+    s->route = &s->gen->config->routes[s->listener->web_route];
+    s->mode = MODE_PASSTHROUGH;
+    metrics_count(&s->metrics->tls_starts[TLS_START_IMPLICIT], 1);
+    backend_connect(s);
+}
+
 /* Every TLS connection starts here: its ClientHello names the route, and
  * the route says whether sallyport terminates the TLS or passes it on. */
 static void on_clienthello_io(struct session *s)
@@ -656,6 +676,10 @@ static void on_clienthello_io(struct session *s)
     }
     if (is_acme_check(s, &hello)) {
         answer_acme_check(s, &hello);
+        return;
+    }
+    if (s->listener->service == SERVICE_HTTPS) {
+        pass_to_web_server(s, &hello);
         return;
     }
     if (!route_session(s, hello.has_sni ? hello.sni : NULL)) {

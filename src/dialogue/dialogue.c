@@ -10,13 +10,12 @@ extern const struct dialogue dialogue_smtp;
 extern const struct dialogue dialogue_imap;
 extern const struct dialogue dialogue_pop3;
 extern const struct dialogue dialogue_sieve;
+extern const struct dialogue dialogue_https;
 
 /* One line per protocol. */
 static const struct dialogue *const dialogues[PROTO_COUNT] = {
-    [PROTO_SMTP] = &dialogue_smtp,
-    [PROTO_IMAP] = &dialogue_imap,
-    [PROTO_POP3] = &dialogue_pop3,
-    [PROTO_SIEVE] = &dialogue_sieve,
+    [PROTO_SMTP] = &dialogue_smtp,   [PROTO_IMAP] = &dialogue_imap,   [PROTO_POP3] = &dialogue_pop3,
+    [PROTO_SIEVE] = &dialogue_sieve, [PROTO_HTTPS] = &dialogue_https,
 };
 
 const struct dialogue *dialogue_for(enum proto proto)

@@ -96,6 +96,9 @@ struct dialogue {
      * capabilities, RFC 5804 2.2): a backend's greeting is then passed on to
      * a client sallyport already greeted, instead of being swallowed. */
     bool greets_after_starttls;
+    /* The client speaks first (HTTPS): there is no greeting to wait for,
+     * and a backend check is done once connected (and TLS is up). */
+    bool client_first;
 
     /* Server side. greet() queues the greeting. on_line() gets one complete
      * line (without CRLF, len <= DIALOGUE_LINE_MAX) and queues the reply. */

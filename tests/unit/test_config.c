@@ -822,7 +822,7 @@ static void test_bad_values(void **state)
                   "cfg:5: log_level: unknown log level 'loud' (expected debug, info, warn or "
                   "error)\n"
                   "cfg:16: service: unknown service 'smtps' (expected submissions, "
-                  "submission, imaps, imap, pop3s, pop3 or sieve)\n"
+                  "submission, imaps, imap, pop3s, pop3, sieve or https)\n"
                   "cfg:19: verify: bad boolean 'maybe' (expected yes or no)\n"
                   "cfg:20: submissions: unknown TLS flavour 'tls' after the address (expected "
                   "plain, implicit or starttls)\n"
@@ -1234,32 +1234,33 @@ static void test_crlf_line_ends(void **state)
 static void test_many_errors(void **state)
 {
     (void)state;
-    expect_errors("[global]\n"
-                  "idle_timeout = soon\n"
-                  "[listener submissions]\n"
-                  "mode = passthrough\n"
-                  "colour = blue\n"
-                  "[listener submission]\n"
-                  "mode = passthrough\n"
-                  "[backend mx1]\n"
-                  "submissions = 127.0.0.1:2525 plain\n"
-                  "submission = 10.0.0.5:587\n"
-                  "[route a]\n"
-                  "sni = mail.example.com\n"
-                  "backend = mx1\n"
-                  "[route b]\n"
-                  "sni = MAIL.example.com\n"
-                  "backend = mx2\n",
-                  "cfg:2: idle_timeout: bad duration 'soon' (expected a positive number of "
-                  "seconds, or a number with s, m or h: 30s, 5m, 1h)\n"
-                  "cfg:5: colour: unknown key in [listener submissions] (expected service, "
-                  "address, mode, hostname, proxy_protocol, proxy_trusted or idle_timeout)\n"
-                  "cfg:13: backend: listener 'submissions' passes TLS through, so backend 'mx1' "
-                  "must speak implicit TLS for submissions, but 127.0.0.1:2525 is plain (the "
-                  "client would wait for a TLS handshake that never comes)\n"
-                  "cfg:15: sni: 'mail.example.com' is already routed by [route a] at line 11\n"
-                  "cfg:16: backend: no backend or mailbox named 'mx2'\n",
-                  5);
+    expect_errors(
+        "[global]\n"
+        "idle_timeout = soon\n"
+        "[listener submissions]\n"
+        "mode = passthrough\n"
+        "colour = blue\n"
+        "[listener submission]\n"
+        "mode = passthrough\n"
+        "[backend mx1]\n"
+        "submissions = 127.0.0.1:2525 plain\n"
+        "submission = 10.0.0.5:587\n"
+        "[route a]\n"
+        "sni = mail.example.com\n"
+        "backend = mx1\n"
+        "[route b]\n"
+        "sni = MAIL.example.com\n"
+        "backend = mx2\n",
+        "cfg:2: idle_timeout: bad duration 'soon' (expected a positive number of "
+        "seconds, or a number with s, m or h: 30s, 5m, 1h)\n"
+        "cfg:5: colour: unknown key in [listener submissions] (expected service, "
+        "address, mode, hostname, proxy_protocol, proxy_trusted, idle_timeout or backend)\n"
+        "cfg:13: backend: listener 'submissions' passes TLS through, so backend 'mx1' "
+        "must speak implicit TLS for submissions, but 127.0.0.1:2525 is plain (the "
+        "client would wait for a TLS handshake that never comes)\n"
+        "cfg:15: sni: 'mail.example.com' is already routed by [route a] at line 11\n"
+        "cfg:16: backend: no backend or mailbox named 'mx2'\n",
+        5);
 }
 
 static void test_pairs_checked_for_every_listener(void **state)
