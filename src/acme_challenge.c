@@ -1,5 +1,6 @@
 #include <pthread.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 
@@ -117,6 +118,24 @@ bool acme_challenge_http(const char *token, char *out, size_t outlen)
         snprintf(out, outlen, "%s", a->key_authorization);
     pthread_mutex_unlock(&lock);
     return ok;
+}
+
+void acme_challenge_page(void *arg, const char *target, struct httpd_reply *reply)
+{
+    static const char prefix[] = "/.well-known/acme-challenge/";
+    static const char token_chars[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+                                      "0123456789-_";
+    (void)arg;
+    char answer[256];
+    const char *token = target + sizeof prefix - 1;
+    if (strncmp(target, prefix, sizeof prefix - 1) != 0 || !token[0] ||
+        strspn(token, token_chars) != strlen(token) ||
+        !acme_challenge_http(token, answer, sizeof answer) || !(reply->body = strdup(answer))) {
+        reply->status = "404 Not Found";
+        return;
+    }
+    reply->len = strlen(answer);
+    reply->type = "application/octet-stream";
 }
 
 size_t acme_challenge_count(void)

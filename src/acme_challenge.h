@@ -13,6 +13,8 @@
 #include <stdbool.h>
 #include <stddef.h>
 
+#include "httpd.h"
+
 /* Pending answers at most at once: an order's names (CERT_MAX_NAMES) for
  * each certificate being got, which acme.c does one at a time. */
 #define ACME_CHALLENGE_MAX 64
@@ -37,6 +39,11 @@ SSL_CTX *acme_challenge_alpn(const char *name);
 /* Copies the key authorization for `token` into out; false when none is
  * pending (or out is too small). */
 bool acme_challenge_http(const char *token, char *out, size_t outlen);
+
+/* An httpd_page (httpd.h) for [acme] http_address: GET
+ * /.well-known/acme-challenge/TOKEN gets the key authorization of a pending
+ * http-01 challenge; anything else 404. `arg` is unused. */
+void acme_challenge_page(void *arg, const char *target, struct httpd_reply *reply);
 
 /* How many answers are pending (tests, metrics). */
 size_t acme_challenge_count(void);

@@ -47,6 +47,10 @@ static void finish_certificate(struct config_loader *ld, struct config_record *r
             config_report(ld, rec->line, rec->label,
                           "acme = yes needs the names to get a certificate for (add names = "
                           "mail.example.com ...)");
+        if (c->challenge == CHALLENGE_HTTP_01 && !ld->cfg->acme.http_address)
+            config_report(ld, config_key_line(rec, "challenge"), "challenge",
+                          "http-01 needs [acme] http_address, where the CA's requests to port "
+                          "80 arrive (or use tls-alpn-01)");
     } else {
         for (const char *const *k = (const char *const[]){"names", "challenge", NULL}; *k; k++)
             if (config_key_set(rec, *k))
@@ -279,19 +283,23 @@ static void finish_mailbox(struct config_loader *ld, struct config_record *rec)
     }
 }
 
+/* An address of our own HTTP endpoints: HOST:PORT, both required. */
+static void parse_http_address(struct config_loader *ld, struct config_record *rec, const char *key,
+                               const char *text, const char *example, struct sock_addr *addr)
+{
+    char err[512];
+    if (text[0] == '*' || strspn(text, "0123456789") == strlen(text) || !strrchr(text, ':'))
+        config_report(ld, config_key_line(rec, key), key,
+                      "'%s' needs a host and a port (write HOST:PORT, e.g. %s)", text, example);
+    else if (sock_addr_parse(text, 0, addr, NULL, 0, err, sizeof err))
+        config_report(ld, config_key_line(rec, key), key, "%s", err);
+}
+
 static void finish_metrics(struct config_loader *ld, struct config_record *rec)
 {
     struct cfg_metrics *m = &ld->cfg->metrics;
-    char err[512];
-    if (!m->address)
-        return; /* reported as missing */
-    if (m->address[0] == '*' || strspn(m->address, "0123456789") == strlen(m->address) ||
-        !strrchr(m->address, ':'))
-        config_report(ld, config_key_line(rec, "address"), "address",
-                      "'%s' needs a host and a port (write HOST:PORT, e.g. 127.0.0.1:9465)",
-                      m->address);
-    else if (sock_addr_parse(m->address, 0, &m->addr, NULL, 0, err, sizeof err))
-        config_report(ld, config_key_line(rec, "address"), "address", "%s", err);
+    if (m->address) /* else reported as missing */
+        parse_http_address(ld, rec, "address", m->address, "127.0.0.1:9465", &m->addr);
 }
 
 static void finish_acme(struct config_loader *ld, struct config_record *rec)
@@ -310,6 +318,8 @@ static void finish_acme(struct config_loader *ld, struct config_record *rec)
     if (a->state_dir && a->state_dir[0] != '/')
         config_report(ld, config_key_line(rec, "state_dir"), "state_dir",
                       "'%s' is not an absolute path", a->state_dir);
+    if (a->http_address)
+        parse_http_address(ld, rec, "http_address", a->http_address, "[::]:80", &a->http_addr);
     if (config_key_set(rec, "retry_interval") && a->retry_interval == 0)
         config_report(ld, config_key_line(rec, "retry_interval"), "retry_interval",
                       "0 would retry a failing CA without a pause (write seconds, e.g. 60)");
@@ -425,9 +435,11 @@ static const struct config_record *record_of_backend(const struct config_loader 
  * section word; NULL when it has none (not usable, or another record kind). */
 static const struct sock_addr *listening_address(const struct config_loader *ld,
                                                  const struct config_record *rec, const char **text,
-                                                 const char **word, const char **name)
+                                                 const char **word, const char **name,
+                                                 const char **key)
 {
     const struct sock_addr *addr = NULL;
+    *key = "address";
     if (rec->kind == K_LISTENER) {
         const struct cfg_listener *l = &ld->cfg->listeners[rec->index];
         addr = &l->addr, *text = l->address, *word = "listener", *name = l->name;
@@ -437,6 +449,9 @@ static const struct sock_addr *listening_address(const struct config_loader *ld,
     } else if (rec->kind == K_METRICS) {
         addr = &ld->cfg->metrics.addr, *text = ld->cfg->metrics.address, *word = "metrics",
         *name = NULL;
+    } else if (rec->kind == K_ACME && ld->cfg->acme.http_address) {
+        addr = &ld->cfg->acme.http_addr, *text = ld->cfg->acme.http_address, *word = "acme",
+        *name = NULL, *key = "http_address";
     }
     return addr && addr->len ? addr : NULL;
 }
@@ -447,26 +462,26 @@ static void check_addresses(struct config_loader *ld)
 {
     for (size_t i = 0; i < ld->nrecs; i++) {
         const struct config_record *rec = &ld->recs[i];
-        const char *text, *word, *name;
-        const struct sock_addr *addr = listening_address(ld, rec, &text, &word, &name);
+        const char *text, *word, *name, *addr_key;
+        const struct sock_addr *addr = listening_address(ld, rec, &text, &word, &name, &addr_key);
         for (size_t j = 0; addr && j < i; j++) {
-            const char *other_text, *other_word, *other_name;
-            const struct sock_addr *other =
-                listening_address(ld, &ld->recs[j], &other_text, &other_word, &other_name);
+            const char *other_text, *other_word, *other_name, *other_key;
+            const struct sock_addr *other = listening_address(ld, &ld->recs[j], &other_text,
+                                                              &other_word, &other_name, &other_key);
             if (!other || !addresses_overlap(addr, other))
                 continue;
-            const char *key = config_key_set(rec, "address") ? "address" : rec->label;
+            const char *key = config_key_set(rec, addr_key) ? addr_key : rec->label;
             char section[128];
             snprintf(section, sizeof section, "[%s%s%s]", other_word, other_name ? " " : "",
                      other_name ? other_name : "");
             struct sock_addr plain = unmapped(addr), other_plain = unmapped(other);
             if (same_address(&plain, &other_plain))
-                config_report(ld, config_key_line(rec, "address"), key,
+                config_report(ld, config_key_line(rec, addr_key), key,
                               "%s is already used by %s at line %d (give each listener "
                               "and mailbox its own address)",
                               text, section, ld->recs[j].line);
             else
-                config_report(ld, config_key_line(rec, "address"), key,
+                config_report(ld, config_key_line(rec, addr_key), key,
                               "%s overlaps %s of %s at line %d: a wildcard address takes "
                               "the port on every address (give each its own port)",
                               text, other_text, section, ld->recs[j].line);
@@ -802,6 +817,7 @@ void config_free(struct config *config)
     free(config->acme.contact);
     free(config->acme.state_dir);
     free(config->acme.ca);
+    free(config->acme.http_address);
     free(config->global.user);
     free(config->metrics.address);
     free(config->global.syslog_socket);

@@ -195,7 +195,7 @@ static inline enum listen_mode route_mode(const struct cfg_listener *listener,
     return route && route->mode_set ? route->mode : listener->mode;
 }
 
-/* [metrics]: the Prometheus endpoint (scrape.c), when `set`. */
+/* [metrics]: the Prometheus endpoint (scrape.c, httpd.c), when `set`. */
 struct cfg_metrics {
     bool set;
     int line;
@@ -215,6 +215,8 @@ struct cfg_acme {
     char *state_dir;         /* state_dir = /var/lib/sallyport/acme: account key, certificates */
     char *ca;                /* ca = (system store): PEM bundle that verifies the CA's HTTPS */
     unsigned retry_interval; /* retry_interval = 60: seconds to the first retry; doubles */
+    char *http_address;      /* http_address = (none): HOST:PORT answering http-01 */
+    struct sock_addr http_addr;
 };
 
 struct config;

@@ -245,6 +245,7 @@ static const struct key_def keys[] = {
     {K_ACME, "state_dir", key_string, OFF(cfg_acme, state_dir), 0},
     {K_ACME, "ca", key_readable, OFF(cfg_acme, ca), 0},
     {K_ACME, "retry_interval", key_duration, OFF(cfg_acme, retry_interval), 0},
+    {K_ACME, "http_address", key_string, OFF(cfg_acme, http_address), 0},
 };
 #define NKEYS (sizeof keys / sizeof keys[0])
 _Static_assert(NKEYS + SERVICE_COUNT <= CONFIG_KEY_SLOTS, "raise CONFIG_KEY_SLOTS");

@@ -14,6 +14,8 @@
 #include "notify.h"
 #include "overload.h"
 #include "probe.h"
+#include "acme_challenge.h"
+#include "httpd.h"
 #include "scrape.h"
 #include "server.h"
 #include "session.h"
@@ -116,13 +118,23 @@ int server_start(struct server *server, struct config *config, const char *path)
     server->start_time = (double)now.tv_sec + (double)now.tv_nsec / 1e9;
     if (config->metrics.set) {
         char err[256];
-        server->scrape = scrape_new(&config->metrics.addr, err, sizeof err);
-        if (!server->scrape) {
+        server->metrics_httpd = httpd_new(&config->metrics.addr, "metrics", err, sizeof err);
+        if (!server->metrics_httpd) {
             log_error("%s:%d: metrics: %s", config->file, config->metrics.line, err);
             config_free(config);
             return -1;
         }
         log_info("metrics: serving GET /metrics on %s", config->metrics.address);
+    }
+    if (config->acme.http_address) {
+        char err[256];
+        server->acme_httpd = httpd_new(&config->acme.http_addr, "acme", err, sizeof err);
+        if (!server->acme_httpd) {
+            log_error("%s:%d: http_address: %s", config->file, config->acme.line, err);
+            config_free(config);
+            return -1;
+        }
+        log_info("acme: answering http-01 challenges on %s", config->acme.http_address);
     }
     server->current = generation_new(config, 1, nworkers, NULL, server->tickets);
     if (!server->current)
@@ -160,6 +172,11 @@ static void keep_fixed_settings(const struct config *running, struct config *nex
     if (!same_user)
         log_warn("%s: user: a reload keeps running as %s; restart to change it", next->file,
                  was->user ? was->user : "the starting user");
+    const char *h = next->acme.http_address, *h0 = running->acme.http_address;
+    if ((h || h0) && (!h || !h0 || strcmp(h, h0) != 0))
+        log_warn("%s: http_address: a reload keeps the running http-01 endpoint (%s); restart to "
+                 "change it",
+                 next->file, h0 ? h0 : "none");
     const struct cfg_metrics *m = &next->metrics, *m0 = &running->metrics;
     bool same_metrics = m->set == m0->set && (!m->set || strcmp(m->address, m0->address) == 0);
     if (!same_metrics)
@@ -349,8 +366,10 @@ int server_run(struct server *server)
     log_info("sallyport %s", status);
     notify_ready(status);
     server->prober = prober_start(server->current, server->workers[0].loop);
-    if (server->scrape)
-        scrape_start(server->scrape, server->workers[0].loop, server);
+    if (server->metrics_httpd)
+        httpd_start(server->metrics_httpd, server->workers[0].loop, scrape_page, server);
+    if (server->acme_httpd)
+        httpd_start(server->acme_httpd, server->workers[0].loop, acme_challenge_page, NULL);
     ev_timer_set(&server->ticket_rotation, TICKET_ROTATION, TICKET_ROTATION);
     ev_timer_start(server->workers[0].loop, &server->ticket_rotation);
     ev_timer_again(server->workers[0].loop, &server->overload_check);
@@ -384,7 +403,8 @@ void server_end_sessions(struct server *server)
 
 void server_stop(struct server *server)
 {
-    scrape_free(server->scrape); /* on worker 0's loop: before it goes */
+    httpd_free(server->metrics_httpd); /* on worker 0's loop: before it goes */
+    httpd_free(server->acme_httpd);
     for (unsigned i = 0; i < server->nworkers; i++)
         worker_free(&server->workers[i]);
     free(server->workers);

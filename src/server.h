@@ -21,7 +21,7 @@
 struct worker;
 struct generation;
 struct prober;
-struct scrape;
+struct httpd;
 struct acme;
 struct tls_tickets;
 
@@ -36,7 +36,8 @@ struct server {
     struct tls_tickets *tickets; /* session ticket keys, the same across reloads */
     ev_timer ticket_rotation;    /* worker 0's loop: a fresh ticket key now and then */
     struct prober *prober;       /* the current generation's active checks (worker 0) */
-    struct scrape *scrape;       /* the [metrics] endpoint (worker 0), or NULL */
+    struct httpd *metrics_httpd; /* the [metrics] endpoint (worker 0), or NULL */
+    struct httpd *acme_httpd;    /* [acme] http_address: http-01 answers (worker 0), or NULL */
     struct acme *acme;           /* the ACME thread, while a certificate says acme = yes */
     ev_async acme_installed;     /* worker 0's loop: the ACME thread wrote a certificate */
     double start_time;           /* Unix time */
