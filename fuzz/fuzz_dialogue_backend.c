@@ -3,7 +3,7 @@
  *
  *   make fuzz          (or build/fuzz/fuzz_dialogue_backend fuzz/corpus/dialogue_backend)
  *
- * Input: the first byte picks the protocol (byte % PROTO_COUNT: smtp, imap,
+ * Input: the first byte picks the protocol (byte % PROTO_MAIL_COUNT: smtp, imap,
  * pop3, sieve), the mode (bit 2: BACKEND_STARTTLS; else bit 3:
  * BACKEND_IDENTIFY; else BACKEND_GREETING_ONLY) and, outside STARTTLS mode
  * and for a protocol that can, whether the client is named to the backend
@@ -106,7 +106,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 
     if (size == 0)
         return 0;
-    enum proto proto = (enum proto)(data[0] % PROTO_COUNT);
+    enum proto proto = (enum proto)(data[0] % PROTO_MAIL_COUNT);
     const struct dialogue *d = dialogue_for(proto);
     check(d != NULL && d->on_backend_line);
     enum backend_mode mode = data[0] & 4   ? BACKEND_STARTTLS

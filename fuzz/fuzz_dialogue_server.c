@@ -3,7 +3,7 @@
  *
  *   make fuzz          (or build/fuzz/fuzz_dialogue_server fuzz/corpus/dialogue_server)
  *
- * Input: the first byte picks the protocol (byte % PROTO_COUNT: smtp, imap,
+ * Input: the first byte picks the protocol (byte % PROTO_MAIL_COUNT: smtp, imap,
  * pop3, sieve); the rest is what the client sends, split into lines at '\n'
  * the way session.c does (a trailing '\r' is stripped; a line of more than
  * DIALOGUE_LINE_MAX bytes with its '\n' goes to on_long_line). Each line is
@@ -111,6 +111,7 @@ static bool is_starttls(enum proto proto, const char *line, size_t len)
         return is_bare_command(line, len, "STLS", false);
     case PROTO_SIEVE:
         return is_bare_command(line, len, "STARTTLS", false);
+    case PROTO_HTTPS: /* no dialogue: never picked */
     case PROTO_COUNT:
         break;
     }
@@ -152,10 +153,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 
     if (size == 0)
         return 0;
-    const struct dialogue *d = dialogue_for((enum proto)(data[0] % PROTO_COUNT));
+    const struct dialogue *d = dialogue_for((enum proto)(data[0] % PROTO_MAIL_COUNT));
     check(d != NULL && d->greet && d->on_line && d->on_long_line && d->timeout_reply &&
           d->unavailable_reply && d->fresh_greeting);
-    check(d->proto == (enum proto)(data[0] % PROTO_COUNT));
+    check(d->proto == (enum proto)(data[0] % PROTO_MAIL_COUNT));
     data++, size--;
 
     out.len = 0;

@@ -782,7 +782,10 @@ static void run_job(struct acme *a, const struct settings *s, struct job *job)
     }
     if (atomic_load(&a->stop))
         return;
+    /* Start the next attempt afresh: a new nonce, and the account looked up
+     * again (the CA may have lost or deactivated it: accountDoesNotExist). */
     a->nonce[0] = '\0';
+    a->kid[0] = '\0';
     job->failures++;
     unsigned wait = backoff(s->retry_interval, job->failures);
     job->next = time(NULL) + wait;
@@ -940,14 +943,28 @@ void acme_update(struct acme *a, const struct config *config)
         jobs_free(a->jobs, a->njobs);
         a->jobs = jobs;
         a->njobs = n;
-        for (size_t i = 0; moved && i < n; i++)
-            a->jobs[i].next = 0; /* look at the new directory's files */
+        for (size_t i = 0; i < n; i++) /* a reload looks at the files again */
+            if (moved || a->jobs[i].failures == 0)
+                a->jobs[i].next = 0;
         a->changed = true;
         pthread_cond_broadcast(&a->wake);
     } else {
         settings_free(&s);
         log_error("acme: out of memory: keeping the earlier certificates' schedule");
     }
+    pthread_mutex_unlock(&a->lock);
+}
+
+void acme_renew_all(struct acme *a)
+{
+    if (!a)
+        return;
+    pthread_mutex_lock(&a->lock);
+    time_t now = time(NULL);
+    for (size_t i = 0; i < a->njobs; i++)
+        a->jobs[i].next = now;
+    a->changed = true;
+    pthread_cond_broadcast(&a->wake);
     pthread_mutex_unlock(&a->lock);
 }
 

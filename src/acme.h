@@ -31,8 +31,13 @@ bool acme_wanted(const struct config *config);
 struct acme *acme_start(const struct config *config, acme_installed_fn *installed, void *arg);
 
 /* A reload: the certificates and [acme] settings of the new config (copied).
- * Certificates that stay keep their schedule. */
+ * Each certificate's file is looked at again (one removed or for other
+ * names is ordered); one that is failing keeps its backoff. */
 void acme_update(struct acme *acme, const struct config *config);
+
+/* SIGUSR1: every certificate is due now (the ones served meanwhile stay
+ * until their successors are installed). NULL is fine. */
+void acme_renew_all(struct acme *acme);
 
 /* Ends a request in flight, joins the thread and frees everything. */
 void acme_stop(struct acme *acme);

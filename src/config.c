@@ -338,36 +338,16 @@ int config_acme_file(const struct config *config, const struct cfg_certificate *
     return n >= 0 && (size_t)n < outlen ? 0 : -1;
 }
 
-/* True if the context's certificate names exactly `names`. */
-static bool ctx_covers(SSL_CTX *ctx, char *const *names, size_t n)
-{
-    char *have[CERT_MAX_NAMES + 1];
-    size_t nhave = tls_ctx_names(ctx, have, CERT_MAX_NAMES + 1);
-    bool same = nhave == n;
-    for (size_t i = 0; same && i < n; i++) {
-        bool found = false;
-        for (size_t j = 0; !found && j < nhave; j++)
-            found = strcmp(names[i], have[j]) == 0;
-        same = found;
-    }
-    for (size_t j = 0; j < nhave; j++)
-        free(have[j]);
-    return same;
-}
-
 /* An ACME certificate's context: the state directory's certificate when it
- * loads and names exactly `names` (even if expired: the last good one),
- * otherwise a temporary self-signed one until acme.c gets the first. */
+ * loads, the last good one (even if expired, or for names since changed:
+ * acme.c orders a new one then); otherwise a temporary self-signed one
+ * until acme.c gets the first. */
 static void load_acme_certificate(struct config_loader *ld, struct cfg_certificate *c)
 {
     char path[4096], err[512];
-    if (config_acme_file(ld->cfg, c, path, sizeof path) == 0 && access(path, F_OK) == 0) {
-        c->ctx = tls_server_ctx_new(path, path, err, sizeof err);
-        if (c->ctx && ctx_covers(c->ctx, c->names, c->nnames))
-            return;
-        SSL_CTX_free(c->ctx);
-        c->ctx = NULL;
-    }
+    if (config_acme_file(ld->cfg, c, path, sizeof path) == 0 && access(path, F_OK) == 0 &&
+        (c->ctx = tls_server_ctx_new(path, path, err, sizeof err)))
+        return;
     c->temporary = true;
     EVP_PKEY *key = acme_key_new();
     X509 *cert =

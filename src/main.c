@@ -85,6 +85,15 @@ static void on_reload_signal(struct ev_loop *loop, ev_signal *w, int revents)
     server_reload(st->server);
 }
 
+/* SIGUSR1: renew every ACME certificate now. */
+static void on_renew_signal(struct ev_loop *loop, ev_signal *w, int revents)
+{
+    (void)loop, (void)revents;
+    struct stopping *st = w->data;
+    log_info("received signal %d: renewing every ACME certificate now", w->signum);
+    server_renew_certificates(st->server);
+}
+
 /* Drops root for `user` once sockets are bound and keys are read. */
 static int drop_privileges(const char *user)
 {
@@ -178,14 +187,16 @@ int main(int argc, char **argv)
     struct ev_loop *loop = EV_DEFAULT; /* worker 0's loop takes the signals */
     struct stopping stopping = {.server = &server};
     ev_init(&stopping.timer, on_stop_timer);
-    ev_signal sigterm, sigint, sighup;
+    ev_signal sigterm, sigint, sighup, sigusr1;
     ev_signal_init(&sigterm, on_stop_signal, SIGTERM);
     ev_signal_init(&sigint, on_stop_signal, SIGINT);
     ev_signal_init(&sighup, on_reload_signal, SIGHUP);
-    sigterm.data = sigint.data = sighup.data = &stopping;
+    ev_signal_init(&sigusr1, on_renew_signal, SIGUSR1);
+    sigterm.data = sigint.data = sighup.data = sigusr1.data = &stopping;
     ev_signal_start(loop, &sigterm);
     ev_signal_start(loop, &sigint);
     ev_signal_start(loop, &sighup);
+    ev_signal_start(loop, &sigusr1);
 
     int rc = server_run(&server) < 0 ? 1 : 0;
 
@@ -193,6 +204,7 @@ int main(int argc, char **argv)
     ev_signal_stop(loop, &sigterm);
     ev_signal_stop(loop, &sigint);
     ev_signal_stop(loop, &sighup);
+    ev_signal_stop(loop, &sigusr1);
     server_stop(&server);
     notify_close();
     log_info("sallyport stopped");

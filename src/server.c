@@ -313,6 +313,13 @@ int server_reload(struct server *server)
     return reload_done(server, 0);
 }
 
+void server_renew_certificates(struct server *server)
+{
+    if (!server->acme)
+        log_warn("no certificate has acme = yes: nothing to renew");
+    acme_renew_all(server->acme);
+}
+
 int server_refresh_certificates(struct server *server)
 {
     if (atomic_load(&server->draining))

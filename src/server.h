@@ -103,6 +103,10 @@ int server_reload(struct server *server);
  * (logged; the running generation goes on). */
 int server_refresh_certificates(struct server *server);
 
+/* SIGUSR1, from worker 0's loop: every ACME certificate is ordered anew
+ * now (acme_renew_all()); without any, logs that there is nothing to do. */
+void server_renew_certificates(struct server *server);
+
 /* The current generation, with a reference the caller releases. Any thread. */
 struct generation *server_generation(struct server *server);
 

@@ -7,6 +7,8 @@
 #include <stdint.h>
 
 enum proto { PROTO_SMTP, PROTO_IMAP, PROTO_POP3, PROTO_SIEVE, PROTO_HTTPS, PROTO_COUNT };
+/* The mail protocols, which have a dialogue, come first. */
+#define PROTO_MAIL_COUNT PROTO_HTTPS
 
 enum tls_flavour {
     TLS_PLAIN,    /* cleartext, no TLS at all (backends only) */
