@@ -96,7 +96,8 @@ VALGRIND_TESTS ?= test_smtp_modes.py::test_mailbox_end_to_end \
 	test_reload.py::test_listeners_added_and_removed \
 	test_reload.py::test_tls_sessions_resume_across_a_reload \
 	test_reload.py::test_a_broken_config_is_refused_and_service_goes_on \
-	test_metrics.py::test_counters_follow_the_traffic
+	test_metrics.py::test_counters_follow_the_traffic \
+	test_acme_web.py::test_sigusr1_renews_while_a_session_stays_up
 valgrind: $(BIN)
 	cd tests/integration && SALLYPORT=$(abspath $(BIN)) \
 	    SALLYPORT_WRAPPER="valgrind -q --error-exitcode=99 --leak-check=full \
@@ -106,7 +107,8 @@ valgrind: $(BIN)
 # The tests that run several workers (threads), against a ThreadSanitizer
 # build: a data race is reported in the daemon's log, which fails the test.
 TSAN_VARS := CC=clang BUILD=build/tsan BIN=build/tsan/sallyport OPT="-O1 -g -fsanitize=thread"
-TSAN_TESTS ?= test_workers.py test_pooled_relay.py test_reload.py test_metrics.py test_logs.py
+TSAN_TESTS ?= test_workers.py test_pooled_relay.py test_reload.py test_metrics.py test_logs.py \
+	test_acme_web.py
 tsan:
 	$(MAKE) $(TSAN_VARS) build/tsan/sallyport
 	cd tests/integration && SALLYPORT=$(abspath build/tsan/sallyport) \
