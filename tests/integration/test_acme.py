@@ -11,7 +11,7 @@ self-signed one), mail landing in the Maildir, the files in the state
 directory, log lines, metrics and exit codes."""
 import os
 import re
-import smtplib
+import signal
 import socket
 import ssl
 import stat
@@ -20,7 +20,7 @@ import uuid
 
 import pytest
 
-from conftest import Sallyport, free_port, run_check, wait_for
+from conftest import free_port, run_check, wait_for
 from pebble import pebble_factory  # noqa: F401 (fixture)
 from smtp_helpers import LoopbackSMTP, LoopbackSMTP_SSL, maildir_messages, wait_maildir
 from test_metrics import parse, scrape
@@ -428,6 +428,28 @@ def test_restart_reuses_state(sallyport, pebble_factory, tmp_path):
     assert "ordering" not in log and "retrying in" not in log, log
     assert "made a new account key" not in log
     assert sp2.proc.poll() is None
+
+
+
+def test_reload_keeps_issued_certificate(sallyport, pebble_factory, tmp_path):
+    site = Site(tmp_path)
+    pb = site.pebble(pebble_factory)
+    sp = sallyport(site.config())
+    wait_installed(sp)
+    ctx = verifying_context(pb.root_file())
+    first = site.served(MAIL, ctx)
+    generation = int(re.findall(r"acme: certificates refreshed: generation (\d+) ", sp.log())[-1])
+
+    sp.proc.send_signal(signal.SIGHUP)
+    sp.wait_log(f"reloaded: generation {generation + 1} ")
+    # the new generation loads the certificate from the state directory
+    for sni in (MAIL, IMAP):
+        c = site.served(sni, ctx)
+        assert c.serial == first.serial and not c.self_signed, c
+    site.landed(site.send_implicit(IMAP, ctx))
+    log = sp.log()
+    assert len(acme_lines(sp, "ordering ")) == 1, log
+    assert "retrying in" not in log, log
 
 
 # ---- -t: configuration errors ------------------------------------------------------
