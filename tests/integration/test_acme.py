@@ -431,6 +431,30 @@ def test_restart_reuses_state(sallyport, pebble_factory, tmp_path):
 
 
 
+def test_restart_with_other_names_orders_again(sallyport, pebble_factory, tmp_path):
+    site = Site(tmp_path)
+    pb = site.pebble(pebble_factory)
+    sp = sallyport(site.config())
+    wait_installed(sp)
+    first = site.served(MAIL, verifying_context(pb.root_file()))
+    assert sp.stop() == 0
+    pb.stop()
+
+    # the state file names mail and imap; the config now names mail alone:
+    # not served (a temporary certificate is, for mail alone), and ordered again
+    sp2 = sallyport(site.config({"mail": [MAIL]}), name="fewer")
+    assert_temporary(site.served(MAIL), [MAIL])
+    line = wait_acme(sp2, " is for other names; ")[0]
+    assert f"{site.state / 'mail.pem'} is for other names; getting one for the names " \
+           "configured" in line, line
+    wait_acme(sp2, "retrying in ")
+    pb.start()
+    wait_installed(sp2)
+    c = site.served(MAIL, verifying_context(pb.root_file()))
+    assert c.names == [MAIL] and c.serial != first.serial, c
+    assert Cert(pem_certs(site.state / "mail.pem")[0]).names == [MAIL]
+
+
 def test_reload_keeps_issued_certificate(sallyport, pebble_factory, tmp_path):
     site = Site(tmp_path)
     pb = site.pebble(pebble_factory)
