@@ -139,12 +139,13 @@ static void set_common(struct acme_http *http, const char *url, struct transfer 
     curl_easy_setopt(c, CURLOPT_XFERINFODATA, http);
 }
 
-static int perform(struct acme_http *http, struct transfer *t, char *err, size_t errlen)
+static int perform(struct acme_http *http, const char *url, struct transfer *t, char *err,
+                   size_t errlen)
 {
     struct acme_response *res = t->res;
     CURLcode rc = curl_easy_perform(http->curl);
     if (rc != CURLE_OK) {
-        snprintf(err, errlen, "%s",
+        snprintf(err, errlen, "%.300s: %s", url,
                  t->too_large                      ? "response larger than 1 MiB"
                  : rc == CURLE_ABORTED_BY_CALLBACK ? "stopping"
                                                    : curl_easy_strerror(rc));
@@ -167,7 +168,7 @@ int acme_http_get(struct acme_http *http, const char *url, bool head, struct acm
     set_common(http, url, &t);
     if (head)
         curl_easy_setopt(http->curl, CURLOPT_NOBODY, 1L);
-    return perform(http, &t, err, errlen);
+    return perform(http, url, &t, err, errlen);
 }
 
 int acme_http_post(struct acme_http *http, const char *url, const char *body,
@@ -184,7 +185,7 @@ int acme_http_post(struct acme_http *http, const char *url, const char *body,
     curl_easy_setopt(http->curl, CURLOPT_HTTPHEADER, headers);
     curl_easy_setopt(http->curl, CURLOPT_POSTFIELDS, body);
     curl_easy_setopt(http->curl, CURLOPT_POSTFIELDSIZE, (long)strlen(body));
-    int rc = perform(http, &t, err, errlen);
+    int rc = perform(http, url, &t, err, errlen);
     curl_slist_free_all(headers);
     return rc;
 }

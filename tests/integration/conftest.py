@@ -40,7 +40,20 @@ def _port_range():
     return first, low
 
 
-_PORTS_FIRST, _PORTS_END = _port_range()
+def _worker_slice(first, end):
+    """Under pytest-xdist (make check runs the suite on every core), each
+    worker process hands out ports from a slice of the range of its own, so
+    that two workers never hand out the same port."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or 1)
+    if not worker.startswith("gw") or count < 2:
+        return first, end
+    index = int(worker[2:]) % count
+    span = (end - first) // count
+    return first + index * span, first + (index + 1) * span
+
+
+_PORTS_FIRST, _PORTS_END = _worker_slice(*_port_range())
 # Where this process starts looking (apart from other test processes), and
 # every port it handed out: none is handed out twice.
 _ports_next = _PORTS_FIRST + (os.getpid() * 7919) % (_PORTS_END - _PORTS_FIRST)
