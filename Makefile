@@ -67,8 +67,13 @@ unit: $(UNIT_BINS)
 	@set -e; for t in $(UNIT_BINS); do echo "== $$t"; \
 	    (cd tests/unit && CMOCKA_MESSAGE_OUTPUT=stdout ../../$$t); done
 
+# The integration tests run in parallel, one pytest-xdist worker per core
+# (each hands out ports from its own slice: conftest.free_port).
+PYTEST_JOBS ?= $(shell nproc 2>/dev/null || echo 2)
+PYTEST_PARALLEL := -n $(PYTEST_JOBS)
 integration: $(BIN)
-	cd tests/integration && SALLYPORT=$(abspath $(BIN)) $(PYTHON) -m pytest -q -ra $(PYTEST_ARGS)
+	cd tests/integration && SALLYPORT=$(abspath $(BIN)) $(PYTHON) -m pytest -q -ra \
+	    $(PYTEST_PARALLEL) $(PYTEST_ARGS)
 
 # The integration suite against an ASan+UBSan build: any report aborts the
 # daemon or lands in its log, and conftest.py fails the test that saw it.
@@ -102,7 +107,7 @@ valgrind: $(BIN)
 	cd tests/integration && SALLYPORT=$(abspath $(BIN)) \
 	    SALLYPORT_WRAPPER="valgrind -q --error-exitcode=99 --leak-check=full \
 	    --errors-for-leak-kinds=definite --show-leak-kinds=definite" \
-	    $(PYTHON) -m pytest -q -ra $(VALGRIND_TESTS) -k "not swaks and not curl"
+	    $(PYTHON) -m pytest -q -ra $(PYTEST_PARALLEL) $(VALGRIND_TESTS) -k "not swaks and not curl"
 
 # The tests that run several workers (threads), against a ThreadSanitizer
 # build: a data race is reported in the daemon's log, which fails the test.
@@ -112,7 +117,8 @@ TSAN_TESTS ?= test_workers.py test_pooled_relay.py test_reload.py test_metrics.p
 tsan:
 	$(MAKE) $(TSAN_VARS) build/tsan/sallyport
 	cd tests/integration && SALLYPORT=$(abspath build/tsan/sallyport) \
-	    TSAN_OPTIONS="halt_on_error=1 exitcode=66" $(PYTHON) -m pytest -q -ra $(TSAN_TESTS) \
+	    TSAN_OPTIONS="halt_on_error=1 exitcode=66" $(PYTHON) -m pytest -q -ra $(PYTEST_PARALLEL) \
+	    $(TSAN_TESTS) \
 	    -k "not does_not_spin"
 
 # Benchmarks print numbers; they are never part of make check.
@@ -145,7 +151,7 @@ $(BENCH_DIR)/splice_relay: bench/splice_relay.c
 clang:
 	$(MAKE) CC=clang BUILD=build/clang BIN=build/clang/sallyport build/clang/sallyport
 
-# Builds run on every core; the test runs themselves stay sequential.
+# Builds run on every core, and so do the integration runs (PYTEST_JOBS).
 JOBS ?= $(shell nproc 2>/dev/null || echo 2)
 check: deps
 	$(MAKE) format-check

@@ -7,7 +7,7 @@ set -eu
 
 PACKAGES="build-essential gcc clang pkg-config make \
 libssl-dev libev-dev libinih-dev libcrypt-dev libcmocka-dev libcurl4-openssl-dev libjansson-dev \
-openssl curl swaks libnet-ssleay-perl libio-socket-ssl-perl postfix python3 python3-pytest \
+openssl curl swaks libnet-ssleay-perl libio-socket-ssl-perl postfix python3 python3-pytest python3-pytest-xdist \
 dovecot-imapd dovecot-pop3d dovecot-managesieved clang-format testssl.sh valgrind \
 haproxy systemd procps prometheus pebble"
 WHAT="sallyport"
