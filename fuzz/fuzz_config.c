@@ -248,6 +248,11 @@ static void check_config(const struct config *c)
         const struct cfg_listener *l = &c->listeners[i];
         check(l->service < SERVICE_COUNT && l->address && l->hostname && l->addr.len > 0);
         check(l->mode == MODE_TERMINATE || l->mode == MODE_PASSTHROUGH);
+        /* An https listener passes through; its backend is a route of its own. */
+        check(l->service != SERVICE_HTTPS || l->mode == MODE_PASSTHROUGH);
+        check(l->web_route == CONFIG_NO_ROUTE ||
+              (l->service == SERVICE_HTTPS && l->web_route < c->nroutes &&
+               c->routes[l->web_route].nsni == 0));
     }
     for (size_t i = 0; i < c->nbackends; i++) {
         const struct cfg_backend *b = &c->backends[i];
@@ -261,7 +266,11 @@ static void check_config(const struct config *c)
         check(r->nbackends >= 1 && r->nbackends <= ROUTE_MAX_BACKENDS);
         for (size_t k = 0; k < r->nbackends; k++)
             check(r->backends[k] >= c->backends && r->backends[k] < c->backends + c->nbackends);
-        check(r->nsni >= 1 && r->nsni <= ROUTE_MAX_NAMES);
+        /* Routes from [route] have names; an https listener's has none. */
+        bool web_route = false;
+        for (size_t k = 0; k < c->nlisteners; k++)
+            web_route |= c->listeners[k].web_route == i;
+        check((web_route ? r->nsni == 0 : r->nsni >= 1) && r->nsni <= ROUTE_MAX_NAMES);
         for (size_t j = 0; j < r->nsni; j++)
             check(r->sni[j][0] != '\0' && is_lower_name(r->sni[j]));
     }

@@ -5,6 +5,7 @@
  * result. */
 #include <curl/curl.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <jansson.h>
 #include <openssl/pem.h>
 #include <openssl/rand.h>
@@ -28,16 +29,19 @@
 /* Longest wait between retries after failures, and between looks at the
  * schedule (a clock step is noticed within it). */
 #define BACKOFF_MAX (6 * 3600)
-#define SLEEP_MAX   3600
+/* The least wait after a success whose certificate is due already. */
+#define AGAIN_MIN 3600
+#define SLEEP_MAX 3600
 /* Polls of an authorization or an order before the attempt fails, and the
  * pause between polls when the CA names none. */
-#define POLLS_MAX    60
-#define POLL_DEFAULT 1
+#define POLLS_MAX     60
+#define POLL_DEFAULT  1
+#define POLL_WAIT_MAX 30 /* a Retry-After longer than this is cut to it */
 /* A badNonce answer is retried with the nonce it carries, this often. */
 #define NONCE_TRIES 3
 
 struct job {
-    char name[128]; /* [certificate NAME] */
+    char name[256]; /* [certificate NAME] (section names are shorter) */
     char *names[CERT_MAX_NAMES];
     size_t nnames;
     enum acme_challenge challenge;
@@ -69,6 +73,8 @@ struct acme {
     char kid_directory[1024];
     char nonce[256];
     char new_nonce[1024], new_account[1024], new_order[1024];
+    char *http_ca;        /* the `ca` the curl handle was made with */
+    unsigned retry_after; /* a 429 or 503's Retry-After in this attempt */
 };
 
 /* ---- settings and jobs ------------------------------------------------------ */
@@ -103,6 +109,15 @@ bool acme_wanted(const struct config *config)
     return false;
 }
 
+/* Jobs for the same certificate: the same name and the same names. */
+static bool same_job(const struct job *x, const struct job *y)
+{
+    bool same = strcmp(x->name, y->name) == 0 && x->nnames == y->nnames;
+    for (size_t m = 0; same && m < x->nnames; m++)
+        same = strcmp(x->names[m], y->names[m]) == 0;
+    return same;
+}
+
 /* The config's ACME certificates as jobs; a job of `old` with the same name
  * and names keeps its schedule. -1 when out of memory. */
 static int make_jobs(const struct config *config, const struct job *old, size_t nold,
@@ -127,10 +142,7 @@ static int make_jobs(const struct config *config, const struct job *old, size_t 
             j->nnames++;
         }
         for (size_t k = 0; k < nold; k++) {
-            bool same = strcmp(old[k].name, j->name) == 0 && old[k].nnames == j->nnames;
-            for (size_t m = 0; same && m < j->nnames; m++)
-                same = strcmp(old[k].names[m], j->names[m]) == 0;
-            if (same) {
+            if (same_job(&old[k], j)) {
                 j->next = old[k].next;
                 j->failures = old[k].failures;
             }
@@ -261,6 +273,8 @@ static json_t *post_json(struct acme *a, const char *url, const char *payload, c
     if (post(a, url, payload, &res, err, errlen) != 0)
         return NULL;
     json_t *doc = NULL;
+    if ((res.status == 429 || res.status == 503) && res.retry_after > a->retry_after)
+        a->retry_after = res.retry_after; /* rate limited: wait at least this long */
     if (res.status < 200 || res.status > 299)
         ca_problem(&res, what, err, errlen);
     else if (!(doc = json_loads(res.body, 0, NULL)) || !json_is_object(doc)) {
@@ -442,15 +456,25 @@ static void challenge_error(json_t *authz, const char *type, const char *name, c
 
 /* Proves control of one name: answers its challenge and waits until the
  * CA has looked (RFC 8555 7.5.1). */
-static int authorize(struct acme *a, const char *url, enum acme_challenge type, char *err,
+static int authorize(struct acme *a, const struct job *job, const char *url, char *err,
                      size_t errlen)
 {
+    enum acme_challenge type = job->challenge;
     json_t *authz = post_json(a, url, "", "authorization", NULL, 0, NULL, err, errlen);
     if (!authz)
         return -1;
     const char *status = json_string_value(json_object_get(authz, "status"));
     const char *name =
         json_string_value(json_object_get(json_object_get(authz, "identifier"), "value"));
+    bool ordered = false;
+    for (size_t i = 0; name && i < job->nnames; i++)
+        ordered |= strcasecmp(name, job->names[i]) == 0;
+    if (!ordered) {
+        snprintf(err, errlen, "the CA asks to authorize %.200s, which was not ordered",
+                 name ? name : "a name it does not give");
+        json_decref(authz);
+        return -1;
+    }
     if (status && strcmp(status, "valid") == 0) {
         json_decref(authz);
         return 0;
@@ -505,7 +529,7 @@ static int authorize(struct acme *a, const char *url, enum acme_challenge type, 
         json_decref(authz);
         if (!deciding)
             break;
-        if (!pause_for(a, wait ? (wait < 30 ? wait : 30) : POLL_DEFAULT)) {
+        if (!pause_for(a, wait ? (wait < POLL_WAIT_MAX ? wait : POLL_WAIT_MAX) : POLL_DEFAULT)) {
             snprintf(err, errlen, "stopping");
             break;
         }
@@ -522,6 +546,7 @@ static int authorize(struct acme *a, const char *url, enum acme_challenge type, 
 static json_t *await_order(struct acme *a, const char *url, json_t *order, const char *want,
                            char *err, size_t errlen)
 {
+    unsigned wait = 0; /* Retry-After of the last poll */
     for (int poll = 0; poll < POLLS_MAX; poll++) {
         const char *status = json_string_value(json_object_get(order, "status"));
         if (status && strcmp(status, want) == 0)
@@ -532,11 +557,11 @@ static json_t *await_order(struct acme *a, const char *url, json_t *order, const
             return NULL;
         }
         json_decref(order);
-        if (!pause_for(a, POLL_DEFAULT)) {
+        if (!pause_for(a, wait ? (wait < POLL_WAIT_MAX ? wait : POLL_WAIT_MAX) : POLL_DEFAULT)) {
             snprintf(err, errlen, "stopping");
             return NULL;
         }
-        if (!(order = post_json(a, url, "", "order", NULL, 0, NULL, err, errlen)))
+        if (!(order = post_json(a, url, "", "order", NULL, 0, &wait, err, errlen)))
             return NULL;
     }
     json_decref(order);
@@ -593,10 +618,61 @@ static char *certificate_file(const struct job *job, const char *chain, size_t c
     return out;
 }
 
+/* Writes the chain and key to NAME.pem.new, loads that as the daemon will
+ * (a chain OpenSSL refuses never replaces a good file), then renames it
+ * over NAME.pem. */
+static int install_file(const struct settings *s, const struct job *job, const char *file,
+                        char *err, size_t errlen)
+{
+    char path[4400], next[4410];
+    snprintf(path, sizeof path, "%s/%s.pem", s->state_dir, job->name);
+    snprintf(next, sizeof next, "%s.new", path);
+    if (acme_file_write(next, file, strlen(file), err, errlen) != 0)
+        return -1;
+    char why[512];
+    SSL_CTX *ctx = tls_server_ctx_new(next, next, why, sizeof why);
+    if (!ctx) {
+        snprintf(err, errlen, "the CA's certificate does not load: %.400s", why);
+        unlink(next);
+        return -1;
+    }
+    SSL_CTX_free(ctx);
+    if (rename(next, path) != 0) {
+        snprintf(err, errlen, "cannot rename %.400s: %s", next, strerror(errno));
+        unlink(next);
+        return -1;
+    }
+    int dir = open(s->state_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (dir >= 0) {
+        (void)fsync(dir); /* the rename itself, past a crash */
+        close(dir);
+    }
+    return 0;
+}
+
 /* Orders the job's certificate and writes it with its new key. */
+/* The curl handle, made again when the reload changed [acme] ca. */
+static int http_for(struct acme *a, const struct settings *s, char *err, size_t errlen)
+{
+    bool same = (!s->ca && !a->http_ca) || (s->ca && a->http_ca && strcmp(s->ca, a->http_ca) == 0);
+    if (a->http && same)
+        return 0;
+    acme_http_free(a->http);
+    free(a->http_ca);
+    a->http_ca = s->ca ? strdup(s->ca) : NULL;
+    a->http = (!s->ca || a->http_ca) ? acme_http_new(s->ca, &a->stop) : NULL;
+    if (!a->http) {
+        snprintf(err, errlen, "out of memory for libcurl");
+        return -1;
+    }
+    return 0;
+}
+
 static int get(struct acme *a, const struct settings *s, const struct job *job, X509 **leaf,
                char *err, size_t errlen)
 {
+    if (http_for(a, s, err, errlen) != 0)
+        return -1;
     if (read_directory(a, s->directory, err, errlen) != 0 || account_key(a, s, err, errlen) != 0 ||
         account(a, s, err, errlen) != 0)
         return -1;
@@ -614,17 +690,32 @@ static int get(struct acme *a, const struct settings *s, const struct job *job, 
         return -1;
     }
     json_t *authzs = json_object_get(order, "authorizations");
+    if (!json_is_array(authzs) || json_array_size(authzs) > job->nnames) {
+        snprintf(err, errlen, "the order has %zu authorizations for %zu names",
+                 json_array_size(authzs), job->nnames);
+        json_decref(order);
+        return -1;
+    }
     size_t i;
     json_t *u;
     json_array_foreach(authzs, i, u)
     {
-        if (!json_is_string(u) || authorize(a, json_string_value(u), job->challenge, err, errlen)) {
+        if (!json_is_string(u) || authorize(a, job, json_string_value(u), err, errlen)) {
             if (!json_is_string(u))
                 snprintf(err, errlen, "the order's authorizations are not URLs");
             json_decref(order);
             return -1;
         }
     }
+    /* Every authorization is valid: the order turns ready (RFC 8555 7.4),
+     * maybe only a moment later at a CA that updates it asynchronously. */
+    json_incref(order);
+    json_t *ready = await_order(a, order_url, order, "ready", err, errlen);
+    if (!ready) {
+        json_decref(order);
+        return -1;
+    }
+    json_decref(ready);
     char finalize[1024];
     const char *f = json_string_value(json_object_get(order, "finalize"));
     snprintf(finalize, sizeof finalize, "%s", f ? f : "");
@@ -668,10 +759,10 @@ static int get(struct acme *a, const struct settings *s, const struct job *job, 
     char *file = NULL;
     if (res.status != 200)
         ca_problem(&res, "certificate", err, errlen);
+    else if (memchr(res.body, '\0', res.len))
+        snprintf(err, errlen, "the CA's certificate chain holds a NUL byte");
     else if ((file = certificate_file(job, res.body, res.len, key, leaf, err, errlen))) {
-        char path[4400];
-        snprintf(path, sizeof path, "%s/%s.pem", s->state_dir, job->name);
-        rc = acme_file_write(path, file, strlen(file), err, errlen);
+        rc = install_file(s, job, file, err, errlen);
         OPENSSL_cleanse(file, strlen(file));
         free(file);
         if (rc != 0) {
@@ -697,6 +788,13 @@ static time_t due_of_leaf(X509 *leaf)
     return nb + (na - nb) / 3 * 2;
 }
 
+/* An encrypted key is refused, never prompted for on a terminal. */
+static int no_passphrase(char *buf, int size, int rwflag, void *arg)
+{
+    (void)buf, (void)size, (void)rwflag, (void)arg;
+    return -1;
+}
+
 static time_t due_from_file(const struct settings *s, const struct job *job)
 {
     char path[4400];
@@ -707,9 +805,9 @@ static time_t due_from_file(const struct settings *s, const struct job *job)
             log_warn("acme: certificate %s: cannot read %s: %s", job->name, path, strerror(errno));
         return time(NULL);
     }
-    X509 *leaf = PEM_read_X509(fp, NULL, NULL, NULL);
+    X509 *leaf = PEM_read_X509(fp, NULL, no_passphrase, NULL);
     rewind(fp);
-    EVP_PKEY *key = PEM_read_PrivateKey(fp, NULL, NULL, NULL);
+    EVP_PKEY *key = PEM_read_PrivateKey(fp, NULL, no_passphrase, NULL);
     fclose(fp);
     time_t due = time(NULL);
     if (!leaf || !key || X509_check_private_key(leaf, key) != 1) {
@@ -763,12 +861,17 @@ static void run_job(struct acme *a, const struct settings *s, struct job *job)
 {
     char err[1024] = "";
     X509 *leaf = NULL;
+    a->retry_after = 0;
     log_info("acme: certificate %s: ordering %s%s from %s", job->name, job->names[0],
              job->nnames > 1 ? " and more" : "", s->directory);
     if (get(a, s, job, &leaf, err, sizeof err) == 0) {
-        time_t nb = 0, na = 0;
+        time_t nb = 0, na = 0, now = time(NULL);
         acme_cert_times(leaf, &nb, &na);
         job->next = due_of_leaf(leaf);
+        /* Due already (a clock ahead, a lifetime too short to renew in):
+         * not again at once, which would order in a loop. */
+        if (job->next <= now)
+            job->next = now + (s->retry_interval > AGAIN_MIN ? s->retry_interval : AGAIN_MIN);
         job->failures = 0;
         X509_free(leaf);
         char until[32], renew[32];
@@ -788,6 +891,8 @@ static void run_job(struct acme *a, const struct settings *s, struct job *job)
     a->kid[0] = '\0';
     job->failures++;
     unsigned wait = backoff(s->retry_interval, job->failures);
+    if (a->retry_after > wait)
+        wait = a->retry_after < BACKOFF_MAX ? a->retry_after : BACKOFF_MAX;
     job->next = time(NULL) + wait;
     log_warn("acme: certificate %s: %s; retrying in %u s (failure %u in a row)", job->name,
              err[0] ? err : "failed", wait, job->failures);
@@ -840,7 +945,7 @@ static void *run(void *arg)
                 pause_for(a, 1);
             pthread_mutex_lock(&a->lock);
             for (size_t i = 0; copied && i < a->njobs; i++) {
-                if (strcmp(a->jobs[i].name, job.name) == 0) {
+                if (same_job(&a->jobs[i], &job)) {
                     a->jobs[i].next = job.next;
                     a->jobs[i].failures = job.failures;
                 }
@@ -904,8 +1009,7 @@ struct acme *acme_start(const struct config *config, acme_installed_fn *installe
     pthread_mutex_init(&a->lock, NULL);
     pthread_cond_init(&a->wake, NULL);
     if (copy_settings(config, &a->settings) != 0 ||
-        make_jobs(config, NULL, 0, &a->jobs, &a->njobs) != 0 ||
-        !(a->http = acme_http_new(a->settings.ca, &a->stop))) {
+        make_jobs(config, NULL, 0, &a->jobs, &a->njobs) != 0) {
         log_error("acme: out of memory");
         goto fail;
     }
@@ -936,16 +1040,21 @@ void acme_update(struct acme *a, const struct config *config)
     size_t n = 0;
     pthread_mutex_lock(&a->lock);
     if (copy_settings(config, &s) == 0 && make_jobs(config, a->jobs, a->njobs, &jobs, &n) == 0) {
-        bool moved = strcmp(s.state_dir, a->settings.state_dir) != 0 ||
-                     strcmp(s.directory, a->settings.directory) != 0;
+        bool moved = strcmp(s.state_dir, a->settings.state_dir) != 0;
+        bool other_ca = strcmp(s.directory, a->settings.directory) != 0;
         settings_free(&a->settings);
         a->settings = s;
         jobs_free(a->jobs, a->njobs);
         a->jobs = jobs;
         a->njobs = n;
-        for (size_t i = 0; i < n; i++) /* a reload looks at the files again */
-            if (moved || a->jobs[i].failures == 0)
+        for (size_t i = 0; i < n; i++) { /* a reload looks at the files again */
+            if (other_ca) {              /* staging to production, say: every certificate anew */
+                a->jobs[i].next = time(NULL);
+                a->jobs[i].failures = 0;
+            } else if (moved || a->jobs[i].failures == 0) {
                 a->jobs[i].next = 0;
+            }
+        }
         a->changed = true;
         pthread_cond_broadcast(&a->wake);
     } else {
@@ -978,6 +1087,7 @@ void acme_stop(struct acme *a)
     pthread_mutex_unlock(&a->lock);
     pthread_join(a->thread, NULL);
     acme_http_free(a->http);
+    free(a->http_ca);
     curl_global_cleanup();
     EVP_PKEY_free(a->account_key);
     settings_free(&a->settings);

@@ -169,6 +169,13 @@ static void finish_listener(struct config_loader *ld, struct config_record *rec)
     if (!l->idle_timeout)
         l->idle_timeout = cfg->global.idle_timeout ? cfg->global.idle_timeout
                                                    : service_info(l->service)->idle_timeout;
+    if (l->proxy_protocol && l->nproxy_trusted == 0)
+        config_report(ld, config_key_line(rec, "proxy_protocol"), "proxy_protocol",
+                      "proxy_protocol = yes needs proxy_trusted: the addresses of the load "
+                      "balancers that may send PROXY headers");
+    if (!l->proxy_protocol && l->nproxy_trusted > 0)
+        config_report(ld, config_key_line(rec, "proxy_trusted"), "proxy_trusted",
+                      "proxy_trusted has no effect without proxy_protocol = yes");
     if (l->service == SERVICE_HTTPS) {
         if (config_key_set(rec, "mode") && l->mode == MODE_TERMINATE)
             config_report(ld, config_key_line(rec, "mode"), "mode",
@@ -181,13 +188,6 @@ static void finish_listener(struct config_loader *ld, struct config_record *rec)
         config_report(ld, config_key_line(rec, "backend"), "backend",
                       "only an https listener takes backend (mail listeners choose a backend "
                       "by [route])");
-    if (l->proxy_protocol && l->nproxy_trusted == 0)
-        config_report(ld, config_key_line(rec, "proxy_protocol"), "proxy_protocol",
-                      "proxy_protocol = yes needs proxy_trusted: the addresses of the load "
-                      "balancers that may send PROXY headers");
-    if (!l->proxy_protocol && l->nproxy_trusted > 0)
-        config_report(ld, config_key_line(rec, "proxy_trusted"), "proxy_trusted",
-                      "proxy_trusted has no effect without proxy_protocol = yes");
     if (l->mode == MODE_TERMINATE && cfg->ncertificates == 0)
         config_report(
             ld, config_key_line(rec, "mode"), config_key_set(rec, "mode") ? "mode" : rec->label,
@@ -305,11 +305,11 @@ static void finish_metrics(struct config_loader *ld, struct config_record *rec)
 static void finish_acme(struct config_loader *ld, struct config_record *rec)
 {
     struct cfg_acme *a = &ld->cfg->acme;
-    if (a->directory && strncmp(a->directory, "https://", 8) != 0 &&
-        strncmp(a->directory, "http://", 7) != 0)
+    if (a->directory && strncmp(a->directory, "https://", 8) != 0)
         config_report(ld, config_key_line(rec, "directory"), "directory",
-                      "'%s' is not a URL (write the CA's directory URL, e.g. %s)", a->directory,
-                      ACME_DIRECTORY_DEFAULT);
+                      "'%s' is not an https:// URL (ACME is spoken over HTTPS only: write the "
+                      "CA's directory URL, e.g. %s)",
+                      a->directory, ACME_DIRECTORY_DEFAULT);
     if (a->contact && (strchr(a->contact, ' ') || !strchr(a->contact, '@')))
         config_report(ld, config_key_line(rec, "contact"), "contact",
                       "'%s' is not an e-mail address (the CA writes to it about expiring "
@@ -650,7 +650,7 @@ static void add_web_route(struct config_loader *ld, const struct config_record *
         return;
     }
     void *grown = realloc(cfg->routes, (cfg->nroutes + 1) * sizeof *cfg->routes);
-    char name[200];
+    char name[300];
     snprintf(name, sizeof name, "https:%s", l->name);
     if (!grown) {
         config_report(ld, line, "backend", "out of memory");

@@ -33,6 +33,7 @@ struct httpd {
     httpd_page *page;
     void *arg;
     char name[32]; /* "metrics", "acme": for the log */
+    struct httpd_limits limits;
     ev_io accept_io;
     ev_timer accept_pause; /* out of descriptors: accept again later */
     struct httpd_conn *conns;
@@ -180,7 +181,7 @@ static void on_accept(struct ev_loop *loop, ev_io *w, int revents)
     (void)revents;
     struct httpd *sc = w->data;
     for (int i = 0; i < ACCEPT_BATCH; i++) {
-        if (sc->nconns >= HTTPD_CONNECTIONS_MAX) {
+        if (sc->nconns >= sc->limits.connections) {
             ev_io_stop(loop, w); /* the rest wait in the backlog for a free slot */
             return;
         }
@@ -205,7 +206,7 @@ static void on_accept(struct ev_loop *loop, ev_io *w, int revents)
         c->sc = sc;
         c->fd = fd;
         ev_io_init(&c->io, on_conn_io, fd, EV_READ);
-        ev_timer_init(&c->timer, on_conn_timeout, HTTPD_TIMEOUT, 0.);
+        ev_timer_init(&c->timer, on_conn_timeout, sc->limits.timeout, 0.);
         c->io.data = c->timer.data = c;
         ev_io_start(loop, &c->io);
         ev_timer_start(loop, &c->timer);
@@ -217,7 +218,8 @@ static void on_accept(struct ev_loop *loop, ev_io *w, int revents)
     }
 }
 
-struct httpd *httpd_new(const struct sock_addr *addr, const char *name, char *err, size_t errlen)
+struct httpd *httpd_new(const struct sock_addr *addr, const char *name, struct httpd_limits limits,
+                        char *err, size_t errlen)
 {
     struct httpd *sc = calloc(1, sizeof *sc);
     if (!sc) {
@@ -225,6 +227,7 @@ struct httpd *httpd_new(const struct sock_addr *addr, const char *name, char *er
         return NULL;
     }
     snprintf(sc->name, sizeof sc->name, "%s", name);
+    sc->limits = limits;
     sc->fd = sock_listen(addr, false, err, errlen);
     if (sc->fd < 0) {
         free(sc);
@@ -237,7 +240,7 @@ static void on_accept_pause_over(struct ev_loop *loop, ev_timer *t, int revents)
 {
     (void)revents;
     struct httpd *sc = t->data;
-    if (sc->nconns < HTTPD_CONNECTIONS_MAX)
+    if (sc->nconns < sc->limits.connections)
         ev_io_start(loop, &sc->accept_io);
 }
 

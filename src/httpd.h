@@ -2,10 +2,10 @@
  * of the pages one function answers. It serves the [metrics] endpoint
  * (scrape.c's page) and ACME's http-01 answers (acme_challenge.c's page).
  *
- * Bounded in every way a client could push it: HTTPD_CONNECTIONS_MAX
- * connections at once (more wait in the listen backlog), a request head
- * of HTTPD_REQUEST_MAX bytes (else 431), HTTPD_TIMEOUT seconds for the
- * whole exchange. Reading and writing never block: a client that stalls
+ * Bounded in every way a client could push it: a number of connections
+ * at once (more wait in the listen backlog), a request head of
+ * HTTPD_REQUEST_MAX bytes (else 431), a number of seconds for the whole
+ * exchange (struct httpd_limits). Reading and writing never block: a client that stalls
  * holds only its own connection. One request per connection
  * (Connection: close); other methods get 405, a garbled request 400. */
 #ifndef SALLYPORT_HTTPD_H
@@ -16,9 +16,18 @@
 
 #include "sock.h"
 
-#define HTTPD_CONNECTIONS_MAX 8
-#define HTTPD_REQUEST_MAX     4096
-#define HTTPD_TIMEOUT         10.0
+#define HTTPD_REQUEST_MAX 4096
+
+struct httpd_limits {
+    unsigned connections; /* at once */
+    double timeout;       /* seconds for one whole exchange */
+};
+/* The metrics endpoint: a scraper or two, on a management address. */
+#define HTTPD_LIMITS_METRICS ((struct httpd_limits){.connections = 8, .timeout = 10.0})
+/* http-01 answers: open to the world (the CA asks from anywhere), so many
+ * slots, each held for a short while: idle connections cannot fill them
+ * all for long enough to turn the CA's check away. */
+#define HTTPD_LIMITS_ACME ((struct httpd_limits){.connections = 256, .timeout = 3.0})
 
 struct httpd;
 
@@ -37,7 +46,8 @@ typedef void httpd_page(void *arg, const char *target, struct httpd_reply *reply
 
 /* Binds and listens on `addr` (before privileges are dropped); `name` is
  * what its log lines say. Returns NULL with the reason in err. */
-struct httpd *httpd_new(const struct sock_addr *addr, const char *name, char *err, size_t errlen);
+struct httpd *httpd_new(const struct sock_addr *addr, const char *name, struct httpd_limits limits,
+                        char *err, size_t errlen);
 
 /* Answers with `page` on `loop` (worker 0's) until httpd_free(). */
 void httpd_start(struct httpd *httpd, struct ev_loop *loop, httpd_page *page, void *arg);

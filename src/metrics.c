@@ -26,7 +26,7 @@ static atomic_uint_fast64_t reloads[2]; /* [0] refused, [1] done */
 
 /* ACME certificates, by name (under registry_lock). */
 struct metrics_certificate {
-    char name[64];
+    char name[256];
     uint64_t orders[2]; /* [0] failed, [1] done */
     int64_t not_after;
 };

@@ -46,6 +46,17 @@ static void log_sockets(const struct generation *gen)
     }
 }
 
+/* ACME certificates the generation serves with a temporary one. */
+static void log_temporary_certificates(const struct generation *gen)
+{
+    const struct config *config = gen->config;
+    for (size_t i = 0; i < config->ncertificates; i++)
+        if (config->certificates[i].temporary)
+            log_warn("certificate %s: no ACME certificate in %s yet: serving a temporary "
+                     "self-signed one",
+                     config->certificates[i].name, config->acme.state_dir);
+}
+
 static void on_overload_check(struct ev_loop *loop, ev_timer *t, int revents)
 {
     (void)loop, (void)revents;
@@ -118,7 +129,8 @@ int server_start(struct server *server, struct config *config, const char *path)
     server->start_time = (double)now.tv_sec + (double)now.tv_nsec / 1e9;
     if (config->metrics.set) {
         char err[256];
-        server->metrics_httpd = httpd_new(&config->metrics.addr, "metrics", err, sizeof err);
+        server->metrics_httpd =
+            httpd_new(&config->metrics.addr, "metrics", HTTPD_LIMITS_METRICS, err, sizeof err);
         if (!server->metrics_httpd) {
             log_error("%s:%d: metrics: %s", config->file, config->metrics.line, err);
             config_free(config);
@@ -128,7 +140,8 @@ int server_start(struct server *server, struct config *config, const char *path)
     }
     if (config->acme.http_address) {
         char err[256];
-        server->acme_httpd = httpd_new(&config->acme.http_addr, "acme", err, sizeof err);
+        server->acme_httpd =
+            httpd_new(&config->acme.http_addr, "acme", HTTPD_LIMITS_ACME, err, sizeof err);
         if (!server->acme_httpd) {
             log_error("%s:%d: http_address: %s", config->file, config->acme.line, err);
             config_free(config);
@@ -146,6 +159,7 @@ int server_start(struct server *server, struct config *config, const char *path)
             return -1;
     }
     log_sockets(server->current);
+    log_temporary_certificates(server->current);
     return 0;
 }
 
@@ -206,6 +220,17 @@ static int reload_done(const struct server *server, int rc)
     return rc;
 }
 
+/* Seconds between tries of a certificate refresh that could not be built
+ * (a users file or another certificate broken at that moment). */
+#define REFRESH_RETRY 30.0
+
+static void on_refresh_retry(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    (void)loop;
+    (void)revents;
+    server_refresh_certificates(w->data);
+}
+
 /* The ACME thread's word, on worker 0's loop. */
 static void on_acme_installed(struct ev_loop *loop, ev_async *w, int revents)
 {
@@ -252,9 +277,36 @@ static struct config *read_again(struct server *server, const char *text, size_t
 
 /* Makes `config` the next generation and swaps it in. -1 (logged, nothing
  * changed) when the generation cannot be built. */
-static int install(struct server *server, struct config *config, const char *why)
+/* True if a certificate of `config` wants http-01 answers that the running
+ * endpoint cannot give (none runs, or at another address: only a restart
+ * binds it). Logged. */
+static bool http01_unanswered(const struct server *server, const struct config *config)
+{
+    const char *want = config->acme.http_address;
+    const char *have = server->current->config->acme.http_address;
+    for (size_t i = 0; i < config->ncertificates; i++) {
+        const struct cfg_certificate *c = &config->certificates[i];
+        if (!c->acme || c->challenge != CHALLENGE_HTTP_01)
+            continue;
+        if (server->acme_httpd && have && want && strcmp(have, want) == 0)
+            return false;
+        log_error("%s:%d: challenge: certificate %s wants http-01 at %s, but the running "
+                  "endpoint is %s (restart to bind it)",
+                  config->file, c->line, c->name, want ? want : "(none)", have ? have : "none");
+        return true;
+    }
+    return false;
+}
+
+static int install(struct server *server, struct config *config, const char *why,
+                   bool certificates_only)
 {
     struct generation *running = server->current;
+    if (http01_unanswered(server, config)) {
+        log_error("%s refused; still serving generation %u", why, running->number);
+        config_free(config);
+        return -1;
+    }
     keep_fixed_settings(running->config, config);
     unsigned number = running->number + 1;
     struct generation *next =
@@ -283,7 +335,9 @@ static int install(struct server *server, struct config *config, const char *why
         acme_update(server->acme, next->config);
     else if (acme_wanted(next->config))
         start_acme(server);
-    log_sockets(next);
+    if (!certificates_only)
+        log_sockets(next);
+    log_temporary_certificates(next);
     generation_release(running); /* the server's reference */
     return 0;
 }
@@ -305,7 +359,7 @@ int server_reload(struct server *server)
                   server->config_path, nerrors, nerrors == 1 ? "" : "s", running->number);
         return reload_done(server, -1);
     }
-    if (install(server, config, "reload") != 0)
+    if (install(server, config, "reload", false) != 0)
         return reload_done(server, -1);
     log_info("reloaded: generation %u serves new connections; sessions on earlier ones finish "
              "there",
@@ -327,11 +381,15 @@ int server_refresh_certificates(struct server *server)
     int nerrors = 0;
     struct config *config = read_again(server, server->current->config->text,
                                        server->current->config->text_len, &nerrors);
-    if (!config || install(server, config, "certificate refresh") != 0) {
-        log_error("acme: cannot load the new certificate; still serving generation %u",
-                  server->current->number);
+    if (!config || install(server, config, "certificate refresh", true) != 0) {
+        log_error("acme: cannot load the new certificate; still serving generation %u, trying "
+                  "again in %.0f s",
+                  server->current->number, REFRESH_RETRY);
+        ev_timer_set(&server->refresh_retry, REFRESH_RETRY, 0.);
+        ev_timer_start(server->workers[0].loop, &server->refresh_retry);
         return -1;
     }
+    ev_timer_stop(server->workers[0].loop, &server->refresh_retry);
     log_info("acme: certificates refreshed: generation %u serves new connections; sessions on "
              "earlier ones keep theirs",
              server->current->number);
@@ -343,6 +401,8 @@ int server_run(struct server *server)
     unsigned started = 1;
     ev_async_init(&server->acme_installed, on_acme_installed);
     server->acme_installed.data = server;
+    ev_init(&server->refresh_retry, on_refresh_retry);
+    server->refresh_retry.data = server;
     ev_async_start(server->workers[0].loop, &server->acme_installed);
     if (acme_wanted(server->current->config) && start_acme(server) != 0) {
         ev_async_stop(server->workers[0].loop, &server->acme_installed);
@@ -384,6 +444,7 @@ int server_run(struct server *server)
     acme_stop(server->acme); /* before the loop its word goes to */
     server->acme = NULL;
     ev_async_stop(server->workers[0].loop, &server->acme_installed);
+    ev_timer_stop(server->workers[0].loop, &server->refresh_retry);
     ev_timer_stop(server->workers[0].loop, &server->ticket_rotation);
     ev_timer_stop(server->workers[0].loop, &server->overload_check);
     prober_stop(server->prober);

@@ -40,6 +40,7 @@ struct server {
     struct httpd *acme_httpd;    /* [acme] http_address: http-01 answers (worker 0), or NULL */
     struct acme *acme;           /* the ACME thread, while a certificate says acme = yes */
     ev_async acme_installed;     /* worker 0's loop: the ACME thread wrote a certificate */
+    ev_timer refresh_retry;      /* worker 0's loop: a refresh that failed, tried again */
     double start_time;           /* Unix time */
     struct worker *workers;
     unsigned nworkers;

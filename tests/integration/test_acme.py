@@ -492,7 +492,7 @@ def check(tmp_path, text):
 
 def test_config_ok(tmp_path):
     code, out = check(tmp_path, f"[acme]\nstate_dir = {tmp_path}/st\ndirectory = "
-                                "http://127.0.0.1:1/dir\ncontact = a@b.test\nretry_interval = 5\n"
+                                "https://127.0.0.1:1/dir\ncontact = a@b.test\nretry_interval = 5\n"
                                 "[certificate mail]\nacme = yes\nnames = a.test b.test\n")
     assert (code, out.strip()) == (0, f"{tmp_path / 'check.conf'}: configuration ok"), out
 
@@ -507,10 +507,10 @@ def test_config_ok(tmp_path):
     ("[certificate mail]\nacme = yes\nnames = a.test *.example.test\n",
      16, "names", "'*.example.test': an ACME certificate lists host names only"),
     ("[acme]\ndirectory = ftp://ca.test/dir\n" "[certificate mail]\nacme = yes\nnames = a.test\n",
-     15, "directory", "'ftp://ca.test/dir' is not a URL"),
+     15, "directory", "'ftp://ca.test/dir' is not an https:// URL"),
     ("[acme]\ndirectory = acme-v02.api.letsencrypt.org/directory\n"
      "[certificate mail]\nacme = yes\nnames = a.test\n",
-     15, "directory", "is not a URL"),
+     15, "directory", "is not an https:// URL"),
     ("[acme]\ncontact = admin.example.com\n[certificate mail]\nacme = yes\nnames = a.test\n",
      15, "contact", "'admin.example.com' is not an e-mail address"),
     ("[acme]\nstate_dir = var/acme\n[certificate mail]\nacme = yes\nnames = a.test\n",

@@ -238,7 +238,8 @@ def test_a_reload_with_new_names_orders_while_the_old_certificate_serves(
      "acme = yes needs the names"),
     ("[certificate c]\nacme = yes\nnames = *.example.test\n",
      "cannot prove a wildcard"),
-    ("[acme]\ndirectory = ftp://x\n", "is not a URL"),
+    ("[acme]\ndirectory = http://ca.test/dir\n", "is not an https:// URL"),
+    ("[listener web]\nservice = https\nproxy_protocol = yes\n", "proxy_protocol = yes needs proxy_trusted"),
     ("[acme]\nhttp_address = 80\n", "needs a host and a port"),
 ])
 def test_config_errors(tmp_path, text, message):
@@ -249,3 +250,38 @@ def test_config_errors(tmp_path, text, message):
     assert code == 1, out
     assert message in out, out
     assert f"{tmp_path}/check.conf:" in out
+
+
+def test_a_reload_that_wants_http01_where_nothing_answers_is_refused(tmp_path, sallyport):
+    """http_address is bound at start only: a reload that adds an http-01
+    certificate without that endpoint running would order in vain."""
+    ports = {n: free_port() for n in ("smtps", "box", "ca", "http")}
+    base = f"""
+[acme]
+directory = https://127.0.0.1:{ports['ca']}/dir
+state_dir = {tmp_path}/state
+[certificate mail]
+acme = yes
+names = {MAIL}
+[listener smtps]
+service = submissions
+address = 127.0.0.1:{ports['smtps']}
+[mailbox box]
+address = 127.0.0.1:{ports['box']}
+maildir = {tmp_path}/maildir
+[route main]
+sni = *
+backend = box
+"""
+    sp = sallyport(base)
+    sp.wait_log("certificate mail: no ACME certificate in")
+    sp.config.write_text(base.replace(
+        "[certificate mail]\n",
+        f"http_address = 127.0.0.1:{ports['http']}\n[certificate web]\nacme = yes\n"
+        f"names = {WWW}\nchallenge = http-01\n[certificate mail]\n"))
+    sp.proc.send_signal(signal.SIGHUP)
+    log = sp.wait_log("reload refused")
+    assert "certificate web wants http-01 at 127.0.0.1:" in log
+    assert "the running endpoint is none (restart to bind it)" in log
+    # The running generation goes on: the temporary certificate still serves.
+    assert served_certificate(ports["smtps"], MAIL)
