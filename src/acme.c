@@ -33,7 +33,10 @@ struct acme {
     pthread_mutex_t lock;
     pthread_cond_t wake;
     atomic_bool stop;
-    bool changed; /* acme_update() since the thread last looked */
+    bool changed;   /* acme_update() since the thread last looked */
+    unsigned epoch; /* +1 at every acme_update() and acme_renew_all(): the
+                     * result of a job begun before is not written back over
+                     * the schedule they set */
     struct acme_settings settings;
     struct acme_job *jobs;
     size_t njobs;
@@ -309,13 +312,14 @@ static void *run(void *arg)
                 s.retry_interval = a->settings.retry_interval;
                 copied = copy_job(due, &job) == 0;
             }
+            unsigned epoch = a->epoch;
             pthread_mutex_unlock(&a->lock);
             if (copied)
                 run_job(a, &s, &job);
             else
                 pause_for(a, 1);
             pthread_mutex_lock(&a->lock);
-            for (size_t i = 0; copied && i < a->njobs; i++) {
+            for (size_t i = 0; copied && a->epoch == epoch && i < a->njobs; i++) {
                 if (same_job(&a->jobs[i], &job)) {
                     a->jobs[i].next = job.next;
                     a->jobs[i].failures = job.failures;
@@ -412,7 +416,6 @@ void acme_update(struct acme *a, const struct config *config)
     size_t n = 0;
     pthread_mutex_lock(&a->lock);
     if (copy_settings(config, &s) == 0 && make_jobs(config, a->jobs, a->njobs, &jobs, &n) == 0) {
-        bool moved = strcmp(s.state_dir, a->settings.state_dir) != 0;
         bool other_ca = strcmp(s.directory, a->settings.directory) != 0;
         settings_free(&a->settings);
         a->settings = s;
@@ -423,11 +426,12 @@ void acme_update(struct acme *a, const struct config *config)
             if (other_ca) {              /* staging to production, say: every certificate anew */
                 a->jobs[i].next = time(NULL);
                 a->jobs[i].failures = 0;
-            } else if (moved || a->jobs[i].failures == 0) {
-                a->jobs[i].next = 0;
+            } else {
+                a->jobs[i].next = 0; /* a failing one is tried again; its backoff goes on */
             }
         }
         a->changed = true;
+        a->epoch++;
         pthread_cond_broadcast(&a->wake);
     } else {
         settings_free(&s);
@@ -445,6 +449,7 @@ void acme_renew_all(struct acme *a)
     for (size_t i = 0; i < a->njobs; i++)
         a->jobs[i].next = now;
     a->changed = true;
+    a->epoch++;
     pthread_cond_broadcast(&a->wake);
     pthread_mutex_unlock(&a->lock);
 }

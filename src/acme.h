@@ -32,7 +32,8 @@ struct acme *acme_start(const struct config *config, acme_installed_fn *installe
 
 /* A reload: the certificates and [acme] settings of the new config (copied).
  * Each certificate's file is looked at again (one removed or for other
- * names is ordered); one that is failing keeps its backoff. */
+ * names is ordered; one that was failing is tried again, its backoff going
+ * on from where it was); a new directory orders every one anew. */
 void acme_update(struct acme *acme, const struct config *config);
 
 /* SIGUSR1: every certificate is due now (the ones served meanwhile stay

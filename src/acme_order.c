@@ -80,12 +80,16 @@ static int read_directory(struct acme_client *a, const char *url, char *err, siz
     struct acme_response res;
     if (acme_http_get(a->http, url, false, &res, err, errlen) != 0)
         return -1;
+    if ((res.status == 429 || res.status == 503) && res.retry_after > a->retry_after)
+        a->retry_after = res.retry_after; /* maintenance, or rate limited */
     json_t *doc = res.status == 200 ? json_loads(res.body, 0, NULL) : NULL;
     const char *nn = json_string_value(json_object_get(doc, "newNonce"));
     const char *na = json_string_value(json_object_get(doc, "newAccount"));
     const char *no = json_string_value(json_object_get(doc, "newOrder"));
     int rc = -1;
     if (nn && na && no) {
+        if (strcmp(a->new_nonce, nn) != 0)
+            a->nonce[0] = '\0'; /* another CA: its nonce would only be refused */
         snprintf(a->new_nonce, sizeof a->new_nonce, "%s", nn);
         snprintf(a->new_account, sizeof a->new_account, "%s", na);
         snprintf(a->new_order, sizeof a->new_order, "%s", no);
@@ -441,13 +445,20 @@ static char *new_order_payload(const struct acme_job *job)
     return payload;
 }
 
+/* An encrypted PEM block is refused, never prompted for on a terminal. */
+static int no_passphrase(char *buf, int size, int rwflag, void *arg)
+{
+    (void)buf, (void)size, (void)rwflag, (void)arg;
+    return -1;
+}
+
 /* The chain and key as one PEM file's text, after checking the chain's
  * leaf is for `key` and exactly the job's names. NULL (err set) if not. */
 static char *certificate_file(const struct acme_job *job, const char *chain, size_t chainlen,
                               EVP_PKEY *key, X509 **leaf_out, char *err, size_t errlen)
 {
     BIO *bio = BIO_new_mem_buf(chain, (int)chainlen);
-    X509 *leaf = bio ? PEM_read_bio_X509(bio, NULL, NULL, NULL) : NULL;
+    X509 *leaf = bio ? PEM_read_bio_X509(bio, NULL, no_passphrase, NULL) : NULL;
     BIO_free(bio);
     if (!leaf || X509_check_private_key(leaf, key) != 1 ||
         !acme_cert_covers(leaf, (const char *const *)job->names, job->nnames)) {
@@ -511,7 +522,6 @@ static int install_file(const struct acme_settings *s, const struct acme_job *jo
     return 0;
 }
 
-/* Orders the job's certificate and writes it with its new key. */
 /* The curl handle, made again when the reload changed [acme] ca. */
 static int http_for(struct acme_client *a, const struct acme_settings *s, char *err, size_t errlen)
 {
@@ -529,6 +539,7 @@ static int http_for(struct acme_client *a, const struct acme_settings *s, char *
     return 0;
 }
 
+/* Orders the job's certificate and writes it with its new key. */
 static int get_certificate(struct acme_client *a, const struct acme_settings *s,
                            const struct acme_job *job, X509 **leaf, char *err, size_t errlen)
 {

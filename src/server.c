@@ -187,10 +187,14 @@ static void keep_fixed_settings(const struct config *running, struct config *nex
         log_warn("%s: user: a reload keeps running as %s; restart to change it", next->file,
                  was->user ? was->user : "the starting user");
     const char *h = next->acme.http_address, *h0 = running->acme.http_address;
-    if ((h || h0) && (!h || !h0 || strcmp(h, h0) != 0))
+    if ((h || h0) && (!h || !h0 || strcmp(h, h0) != 0)) {
         log_warn("%s: http_address: a reload keeps the running http-01 endpoint (%s); restart to "
                  "change it",
                  next->file, h0 ? h0 : "none");
+        free(next->acme.http_address); /* what runs is what the config says */
+        next->acme.http_address = h0 ? strdup(h0) : NULL;
+        next->acme.http_addr = running->acme.http_addr;
+    }
     const struct cfg_metrics *m = &next->metrics, *m0 = &running->metrics;
     bool same_metrics = m->set == m0->set && (!m->set || strcmp(m->address, m0->address) == 0);
     if (!same_metrics)
@@ -275,8 +279,6 @@ static struct config *read_again(struct server *server, const char *text, size_t
     return config;
 }
 
-/* Makes `config` the next generation and swaps it in. -1 (logged, nothing
- * changed) when the generation cannot be built. */
 /* True if a certificate of `config` wants http-01 answers that the running
  * endpoint cannot give (none runs, or at another address: only a restart
  * binds it). Logged. */
@@ -298,10 +300,15 @@ static bool http01_unanswered(const struct server *server, const struct config *
     return false;
 }
 
+/* Makes `config` the next generation and swaps it in (it is the
+ * generation's, or freed). -1 (logged, nothing changed) when the generation
+ * cannot be built. */
 static int install(struct server *server, struct config *config, const char *why,
                    bool certificates_only)
 {
     struct generation *running = server->current;
+    /* The running config's http_address is always the bound one:
+     * keep_fixed_settings() keeps it so. */
     if (http01_unanswered(server, config)) {
         log_error("%s refused; still serving generation %u", why, running->number);
         config_free(config);
@@ -331,10 +338,12 @@ static int install(struct server *server, struct config *config, const char *why
         worker_wake(&server->workers[i]);
     prober_stop(server->prober);
     server->prober = prober_start(next, server->workers[0].loop);
-    if (server->acme)
+    /* A refresh is the same config: the ACME thread's schedule stands. */
+    if (!certificates_only && server->acme)
         acme_update(server->acme, next->config);
-    else if (acme_wanted(next->config))
+    else if (!certificates_only && acme_wanted(next->config))
         start_acme(server);
+    ev_timer_stop(server->workers[0].loop, &server->refresh_retry); /* all is loaded */
     if (!certificates_only)
         log_sockets(next);
     log_temporary_certificates(next);
@@ -385,11 +394,11 @@ int server_refresh_certificates(struct server *server)
         log_error("acme: cannot load the new certificate; still serving generation %u, trying "
                   "again in %.0f s",
                   server->current->number, REFRESH_RETRY);
+        ev_timer_stop(server->workers[0].loop, &server->refresh_retry);
         ev_timer_set(&server->refresh_retry, REFRESH_RETRY, 0.);
         ev_timer_start(server->workers[0].loop, &server->refresh_retry);
         return -1;
     }
-    ev_timer_stop(server->workers[0].loop, &server->refresh_retry);
     log_info("acme: certificates refreshed: generation %u serves new connections; sessions on "
              "earlier ones keep theirs",
              server->current->number);

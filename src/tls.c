@@ -64,6 +64,13 @@ static void apply_policy(SSL_CTX *ctx)
     SSL_CTX_set_read_ahead(ctx, 1);
 }
 
+/* An encrypted key is refused: a daemon never prompts on a terminal. */
+static int no_passphrase(char *buf, int size, int rwflag, void *arg)
+{
+    (void)buf, (void)size, (void)rwflag, (void)arg;
+    return -1;
+}
+
 SSL_CTX *tls_server_ctx_new(const char *cert_path, const char *key_path, char *err, size_t errlen)
 {
     ERR_clear_error();
@@ -73,6 +80,7 @@ SSL_CTX *tls_server_ctx_new(const char *cert_path, const char *key_path, char *e
         return NULL;
     }
     apply_policy(ctx);
+    SSL_CTX_set_default_passwd_cb(ctx, no_passphrase);
     if (SSL_CTX_use_certificate_chain_file(ctx, cert_path) != 1) {
         take_error(err, errlen, "cannot load certificate", cert_path);
         goto fail;
