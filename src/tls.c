@@ -64,6 +64,32 @@ static void apply_policy(SSL_CTX *ctx)
     SSL_CTX_set_read_ahead(ctx, 1);
 }
 
+/* OpenSSL fills a certificate's cache of its extensions (key ids, usage)
+ * the first time a verification needs it, under the certificate's lock
+ * but read by other threads without it. Filling it here, while one thread
+ * alone holds the context, leaves the workers only reading. */
+static void cache_extensions(X509 *cert)
+{
+    if (cert)
+        (void)X509_check_purpose(cert, -1, 0);
+}
+
+static void cache_store_extensions(SSL_CTX *ctx)
+{
+    STACK_OF(X509_OBJECT) *objects = X509_STORE_get0_objects(SSL_CTX_get_cert_store(ctx));
+    for (int i = 0; i < sk_X509_OBJECT_num(objects); i++)
+        cache_extensions(X509_OBJECT_get0_X509(sk_X509_OBJECT_value(objects, i)));
+}
+
+static void cache_chain_extensions(SSL_CTX *ctx)
+{
+    cache_extensions(SSL_CTX_get0_certificate(ctx));
+    STACK_OF(X509) *chain = NULL;
+    if (SSL_CTX_get0_chain_certs(ctx, &chain) == 1)
+        for (int i = 0; i < sk_X509_num(chain); i++)
+            cache_extensions(sk_X509_value(chain, i));
+}
+
 /* An encrypted key is refused: a daemon never prompts on a terminal. */
 static int no_passphrase(char *buf, int size, int rwflag, void *arg)
 {
@@ -100,6 +126,7 @@ SSL_CTX *tls_server_ctx_new(const char *cert_path, const char *key_path, char *e
         snprintf(err, errlen, "key %s does not match certificate %s", key_path, cert_path);
         goto fail;
     }
+    cache_chain_extensions(ctx);
     return ctx;
 fail:
     SSL_CTX_free(ctx);
@@ -121,6 +148,7 @@ SSL_CTX *tls_server_ctx_of(X509 *cert, EVP_PKEY *key, char *err, size_t errlen)
         SSL_CTX_free(ctx);
         return NULL;
     }
+    cache_chain_extensions(ctx);
     return ctx;
 }
 
@@ -142,6 +170,7 @@ SSL_CTX *tls_client_ctx_new(const char *ca_path, bool verify, char *err, size_t 
             return NULL;
         }
         SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, NULL);
+        cache_store_extensions(ctx); /* a CA file's; the system's load as looked up */
     } else {
         SSL_CTX_set_verify(ctx, SSL_VERIFY_NONE, NULL);
     }
