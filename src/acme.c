@@ -368,6 +368,18 @@ static int make_state_dir(const char *dir)
     return 0;
 }
 
+/* Frees what acme_start() made, the thread gone (or never started). */
+static void destroy(struct acme *a)
+{
+    acme_client_free(a->client);
+    curl_global_cleanup();
+    settings_free(&a->settings);
+    jobs_free(a->jobs, a->njobs);
+    pthread_cond_destroy(&a->wake);
+    pthread_mutex_destroy(&a->lock);
+    free(a);
+}
+
 struct acme *acme_start(const struct config *config, acme_installed_fn *installed, void *arg)
 {
     if (make_state_dir(config->acme.state_dir) != 0)
@@ -395,13 +407,7 @@ struct acme *acme_start(const struct config *config, acme_installed_fn *installe
     }
     return a;
 fail:
-    acme_client_free(a->client);
-    curl_global_cleanup();
-    settings_free(&a->settings);
-    jobs_free(a->jobs, a->njobs);
-    pthread_cond_destroy(&a->wake);
-    pthread_mutex_destroy(&a->lock);
-    free(a);
+    destroy(a);
     return NULL;
 }
 
@@ -463,11 +469,5 @@ void acme_stop(struct acme *a)
     pthread_cond_broadcast(&a->wake);
     pthread_mutex_unlock(&a->lock);
     pthread_join(a->thread, NULL);
-    acme_client_free(a->client);
-    curl_global_cleanup();
-    settings_free(&a->settings);
-    jobs_free(a->jobs, a->njobs);
-    pthread_cond_destroy(&a->wake);
-    pthread_mutex_destroy(&a->lock);
-    free(a);
+    destroy(a);
 }

@@ -97,7 +97,8 @@ static int no_passphrase(char *buf, int size, int rwflag, void *arg)
     return -1;
 }
 
-SSL_CTX *tls_server_ctx_new(const char *cert_path, const char *key_path, char *err, size_t errlen)
+/* A server context with the policy, before its certificate. */
+static SSL_CTX *server_ctx(char *err, size_t errlen)
 {
     ERR_clear_error();
     SSL_CTX *ctx = SSL_CTX_new(TLS_server_method());
@@ -107,6 +108,14 @@ SSL_CTX *tls_server_ctx_new(const char *cert_path, const char *key_path, char *e
     }
     apply_policy(ctx);
     SSL_CTX_set_default_passwd_cb(ctx, no_passphrase);
+    return ctx;
+}
+
+SSL_CTX *tls_server_ctx_new(const char *cert_path, const char *key_path, char *err, size_t errlen)
+{
+    SSL_CTX *ctx = server_ctx(err, errlen);
+    if (!ctx)
+        return NULL;
     if (SSL_CTX_use_certificate_chain_file(ctx, cert_path) != 1) {
         take_error(err, errlen, "cannot load certificate", cert_path);
         goto fail;
@@ -135,13 +144,9 @@ fail:
 
 SSL_CTX *tls_server_ctx_of(X509 *cert, EVP_PKEY *key, char *err, size_t errlen)
 {
-    ERR_clear_error();
-    SSL_CTX *ctx = SSL_CTX_new(TLS_server_method());
-    if (!ctx) {
-        take_error(err, errlen, "cannot create TLS context", NULL);
+    SSL_CTX *ctx = server_ctx(err, errlen);
+    if (!ctx)
         return NULL;
-    }
-    apply_policy(ctx);
     if (SSL_CTX_use_certificate(ctx, cert) != 1 || SSL_CTX_use_PrivateKey(ctx, key) != 1 ||
         SSL_CTX_check_private_key(ctx) != 1) {
         take_error(err, errlen, "cannot use certificate", NULL);
