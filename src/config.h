@@ -13,7 +13,8 @@
  *   [mailbox NAME]           address, tls, cert, key, maildir, users, hostname,
  *                            max_message_size; also usable as "backend = NAME"
  *   [metrics]                address
- *   [acme]                   directory, contact, state_dir, ca, retry_interval
+ *   [acme]                   directory, contact, state_dir, ca, retry_interval,
+ *                            http_address
  *
  * Every error is reported as "file:line: key: what is wrong" (key is the
  * section name for section-level errors), and loading goes on to find them all.
@@ -83,7 +84,7 @@ struct cfg_certificate {
     size_t nnames;
     enum acme_challenge challenge; /* challenge = tls-alpn-01 */
     /* An ACME certificate served with a temporary self-signed one, because
-     * the state directory has none (or none that covers `names`) yet. */
+     * the state directory has none that loads yet. */
     bool temporary;
     SSL_CTX *ctx; /* loaded and key-checked; owned by the config until taken */
 };

@@ -19,10 +19,10 @@
 
 #include "buf.h"
 #include "buf_pool.h"
+#include "acme_challenge.h"
 #include "client_table.h"
 #include "clienthello.h"
 #include "conn.h"
-#include "acme_challenge.h"
 #include "dialogue/dialogue.h"
 #include "health.h"
 #include "listener.h"
